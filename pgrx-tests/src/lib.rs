@@ -1,0 +1,298 @@
+//! Black-box test harness for tenant_guard.
+//!
+//! Starts a throwaway PostgreSQL cluster (initdb as the `postgres` OS user
+//! when run as root, a private port and data directory, the extension in
+//! `shared_preload_libraries`, secrets in a 0600 config file), creates the
+//! extension in `template1` and three login roles, and hands each test a
+//! fresh database and connections as:
+//! - `dba`: the bootstrap superuser,
+//! - `svc`: a login role granted `tenant_guard_service`,
+//! - `app`: a plain login role, the attacker of the threat model.
+//!
+//! The cluster is stopped and removed when the test process exits.
+
+use postgres::{Client, NoTls};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+pub use postgres;
+
+pub const PASSPHRASE: &str = "harness-passphrase-7c1f0b6e9d2a4f58b3e1c7d90a6b2e4f";
+pub const JWT_SECRET: &str = "harness-jwt-secret-5e8a1d3c7b9f2e4a6c0d8b1f3a5e7c9d";
+
+pub struct Options {
+    pub preload: bool,
+    pub passphrase: String,
+    pub jwt_secret: String,
+    /// Extra lines for postgresql.conf.
+    pub extra_conf: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { preload: true, passphrase: PASSPHRASE.into(), jwt_secret: JWT_SECRET.into(), extra_conf: vec![] }
+    }
+}
+
+/// A random secret from the OS CSPRNG, base64-free hex (no quoting issues in config files).
+pub fn generate_secret() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("read /dev/urandom");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub struct Cluster {
+    pub port: u16,
+    pub datadir: PathBuf,
+    bindir: PathBuf,
+    dbs: AtomicUsize,
+}
+
+static CLUSTERS: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+static DEFAULT: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" {
+    fn atexit(cb: extern "C" fn()) -> i32;
+    fn geteuid() -> u32;
+}
+
+extern "C" fn stop_all() {
+    if let Ok(list) = CLUSTERS.lock() {
+        for (bindir, datadir) in list.iter() {
+            let _ = as_postgres(&bindir.join("pg_ctl"))
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(datadir)
+                .output();
+            if std::env::var_os("TG_KEEP_CLUSTER").is_none() {
+                let _ = std::fs::remove_dir_all(datadir);
+            }
+        }
+    }
+}
+
+fn is_root() -> bool {
+    unsafe { geteuid() == 0 }
+}
+
+/// A command run as the `postgres` OS user when we are root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut c: Command, what: &str) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().unwrap().port()
+}
+
+fn bindir() -> PathBuf {
+    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "pg_config".into());
+    let out = Command::new(&pg_config).arg("--bindir").output().expect("pg_config --bindir");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The shared, default cluster for this test process.
+pub fn cluster() -> &'static Cluster {
+    DEFAULT.get_or_init(|| Cluster::start(Options::default()))
+}
+
+impl Cluster {
+    pub fn start(opts: Options) -> Cluster {
+        let bindir = bindir();
+        let port = free_port();
+        let datadir = std::env::temp_dir().join(format!("tenant_guard_test_{}_{}", std::process::id(), port));
+        let _ = std::fs::remove_dir_all(&datadir);
+        std::fs::create_dir_all(&datadir).unwrap();
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(&datadir);
+                    c
+                },
+                "chown datadir",
+            );
+        }
+        let mut initdb = as_postgres(&bindir.join("initdb"));
+        initdb.args(["-A", "trust", "-U", "dba", "--no-sync", "-E", "UTF8", "--locale=C", "-D"]).arg(&datadir);
+        run(initdb, "initdb");
+
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 60\nfsync = off\n\
+             max_worker_processes = 16\nmax_parallel_workers = 8\nlog_min_messages = warning\n",
+            datadir.display()
+        );
+        if opts.preload {
+            conf.push_str("shared_preload_libraries = 'tenant_guard'\n");
+        }
+        for l in &opts.extra_conf {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        // Secrets in their own file, readable by the server's OS user only.
+        conf.push_str("include = 'tenant_guard_secrets.conf'\n");
+        let secrets = format!("tenant_guard.passphrase = '{}'\ntenant_guard.jwt_secret = '{}'\n", opts.passphrase, opts.jwt_secret);
+        let conf_path = datadir.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        existing.push_str(&conf);
+        // Written as root (or ourselves), then handed to postgres with mode 0600.
+        std::fs::write(&conf_path, existing).unwrap();
+        let secrets_path = datadir.join("tenant_guard_secrets.conf");
+        std::fs::write(&secrets_path, secrets).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&secrets_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.arg("postgres:postgres").arg(&conf_path).arg(&secrets_path);
+            run(c, "chown conf");
+        }
+
+        let mut start = as_postgres(&bindir.join("pg_ctl"));
+        start.args(["start", "-w", "-t", "60", "-D"]).arg(&datadir).arg("-l").arg(datadir.join("server.log"));
+        {
+            let mut list = CLUSTERS.lock().unwrap();
+            if list.is_empty() {
+                unsafe { atexit(stop_all) };
+            }
+            list.push((bindir.clone(), datadir.clone()));
+        }
+        let out = start.output().expect("pg_ctl start");
+        if !out.status.success() {
+            let log = std::fs::read_to_string(datadir.join("server.log")).unwrap_or_default();
+            panic!("pg_ctl start failed:\n{}\n{log}", String::from_utf8_lossy(&out.stderr));
+        }
+        let c = Cluster { port, datadir, bindir, dbs: AtomicUsize::new(0) };
+        if opts.preload {
+            let mut dba = c.connect("template1", "dba");
+            dba.batch_execute(
+                "CREATE EXTENSION tenant_guard;
+                 CREATE ROLE app LOGIN;
+                 CREATE ROLE svc LOGIN IN ROLE tenant_guard_service;",
+            )
+            .expect("set up template1 and roles");
+        }
+        c
+    }
+
+    pub fn connect(&self, db: &str, user: &str) -> Client {
+        Client::configure()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .dbname(db)
+            .application_name("tenant_guard_tests")
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
+    }
+
+    /// A fresh database (a copy of template1, so the extension is there).
+    pub fn fresh_db(&self) -> Db<'_> {
+        let n = self.dbs.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t{}_{n}", std::process::id());
+        let mut dba = self.connect("postgres", "dba");
+        dba.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+        // Test objects are created in public by dba; let app/svc use them.
+        let mut d = self.connect(&name, "dba");
+        d.batch_execute("GRANT ALL ON SCHEMA public TO PUBLIC").unwrap();
+        Db { cluster: self, name }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.datadir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// Run a server binary (pg_dump, psql, ...) as the postgres OS user.
+    pub fn run_tool(&self, tool: &str, args: &[&str]) -> String {
+        let mut c = as_postgres(&self.bindir.join(tool));
+        c.args(args);
+        run(c, tool)
+    }
+
+    pub fn reload(&self) {
+        let mut c = as_postgres(&self.bindir.join("pg_ctl"));
+        c.args(["reload", "-D"]).arg(&self.datadir);
+        run(c, "pg_ctl reload");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    /// Replace the secrets file (as the server's OS user would), then reload.
+    pub fn write_secrets(&self, content: &str) {
+        let p = self.datadir.join("tenant_guard_secrets.conf");
+        std::fs::write(&p, content).unwrap();
+        self.reload();
+    }
+}
+
+pub struct Db<'a> {
+    pub cluster: &'a Cluster,
+    pub name: String,
+}
+
+impl Db<'_> {
+    pub fn dba(&self) -> Client {
+        self.cluster.connect(&self.name, "dba")
+    }
+    pub fn svc(&self) -> Client {
+        self.cluster.connect(&self.name, "svc")
+    }
+    pub fn app(&self) -> Client {
+        self.cluster.connect(&self.name, "app")
+    }
+    pub fn connect(&self, user: &str) -> Client {
+        self.cluster.connect(&self.name, user)
+    }
+}
+
+/// The SQLSTATE of a failed statement, or None if it succeeded.
+pub fn sqlstate<T>(r: &Result<T, postgres::Error>) -> Option<String> {
+    match r {
+        Ok(_) => None,
+        Err(e) => Some(e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("non-db error: {e}"))),
+    }
+}
+
+/// The message of a failed statement (empty when it succeeded).
+pub fn message<T>(r: &Result<T, postgres::Error>) -> String {
+    match r {
+        Ok(_) => String::new(),
+        Err(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// Every field of a failed statement's error (message, detail, hint), for leak checks.
+pub fn full_error<T>(r: &Result<T, postgres::Error>) -> String {
+    match r {
+        Ok(_) => String::new(),
+        Err(e) => match e.as_db_error() {
+            Some(d) => format!("{} | {} | {}", d.message(), d.detail().unwrap_or(""), d.hint().unwrap_or("")),
+            None => e.to_string(),
+        },
+    }
+}

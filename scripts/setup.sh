@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing tenant_guard needs on Debian 12 (as root,
+# or as a user with sudo). Quick when everything is already there.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+packages=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libclang-dev clang sudo pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
+    echo "setup: installing cargo-pgrx 0.18.1 (about 7 minutes)"
+    cargo install cargo-pgrx --version 0.18.1 --locked
+fi
+
+if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+    cargo pgrx init --pg15 /usr/bin/pg_config
+fi

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of tenant_guard: (1) plain `cargo test` of the pure-Rust
+# modules, (2) the in-database #[pg_test]s, (3) the black-box tests in tests/
+# against a throwaway cluster with the extension preloaded.
+# Usage: scripts/test.sh        (as root or a sudoer, on Debian 12)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+# Reuse a target directory outside the clone when there is one (CI, repeated runs).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tenant_guard-target}"
+mkdir -p "$CARGO_TARGET_DIR"
+export PG_CONFIG=/usr/bin/pg_config
+
+echo "== 1/3 pure-Rust unit tests"
+cargo test --lib
+
+echo "== 2/3 in-database tests (cargo pgrx test)"
+pgdata=/tmp/tenant_guard_pgrx_test
+rm -rf "$pgdata"
+cargo pgrx test pg15 --runas postgres --pgdata "$pgdata" -p tenant_guard
+
+echo "== 3/3 black-box tests against a real cluster"
+# Install the regular (non-test) build into the system PostgreSQL.
+if [ "$(id -u)" -eq 0 ]; then
+    cargo pgrx install --pg-config "$PG_CONFIG"
+else
+    cargo pgrx install --pg-config "$PG_CONFIG" --sudo
+fi
+cargo test -p tenant_guard_harness --tests -- --test-threads=4

@@ -1,0 +1,310 @@
+-- tenant_guard: policies, PL/pgSQL functions and grants (runs after the
+-- generated function definitions, which it references).
+
+---------------------------------------------------------------- own tables
+ALTER TABLE tenant_guard.organizations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.organizations FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_guard_select ON tenant_guard.organizations
+    FOR SELECT USING (id = tenant_guard.current_org_id());
+
+ALTER TABLE tenant_guard.memberships ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.memberships FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_guard_select ON tenant_guard.memberships
+    FOR SELECT USING (org_id = tenant_guard.current_org_id());
+
+---------------------------------------------------------------- organizations
+CREATE FUNCTION tenant_guard.create_organization(name text, owner_user_id uuid)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id uuid;
+BEGIN
+    IF owner_user_id IS NULL THEN
+        RAISE EXCEPTION 'owner_user_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO tenant_guard.organizations (name) VALUES (create_organization.name) RETURNING id INTO new_id;
+    INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES (new_id, owner_user_id, 'owner');
+    RETURN new_id;
+END
+$$;
+
+-- Shared checks for membership changes in the current org. Returns the org id.
+CREATE FUNCTION tenant_guard._check_member_change(target uuid, new_role text)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := tenant_guard.current_org_id();
+    me uuid := tenant_guard.current_user_id();
+    my_rank int;
+    target_rank int;
+    wanted_rank int;
+BEGIN
+    PERFORM tenant_guard.require_role('admin');
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'membership changes need a user context, not an API key' USING ERRCODE = '42501';
+    END IF;
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'user_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF target = me THEN
+        RAISE EXCEPTION 'nobody can change their own membership' USING ERRCODE = '42501';
+    END IF;
+    -- Serialize membership changes per organization (last-owner checks).
+    PERFORM 1 FROM tenant_guard.organizations WHERE id = org FOR UPDATE;
+    SELECT r.rank INTO my_rank FROM tenant_guard.memberships m JOIN tenant_guard.roles r ON r.name = m.role
+     WHERE m.org_id = org AND m.user_id = me;
+    IF my_rank IS NULL THEN
+        RAISE EXCEPTION 'you are no longer a member of this organization' USING ERRCODE = '42501';
+    END IF;
+    SELECT r.rank INTO target_rank FROM tenant_guard.memberships m JOIN tenant_guard.roles r ON r.name = m.role
+     WHERE m.org_id = org AND m.user_id = target;
+    IF target_rank > my_rank THEN
+        RAISE EXCEPTION 'you cannot change a member who ranks above you' USING ERRCODE = '42501';
+    END IF;
+    IF new_role IS NOT NULL THEN
+        SELECT r.rank INTO wanted_rank FROM tenant_guard.roles r WHERE r.name = new_role;
+        IF wanted_rank IS NULL THEN
+            RAISE EXCEPTION 'unknown role "%"', new_role USING ERRCODE = '22023',
+                HINT = 'Roles are owner, admin, member and viewer.';
+        END IF;
+        IF wanted_rank > my_rank THEN
+            RAISE EXCEPTION 'you cannot grant a role above your own' USING ERRCODE = '42501';
+        END IF;
+    END IF;
+    RETURN org;
+END
+$$;
+
+CREATE FUNCTION tenant_guard._assert_owner_remains(org uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tenant_guard.memberships WHERE org_id = org AND role = 'owner') THEN
+        RAISE EXCEPTION 'the last owner of an organization cannot be removed or demoted' USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenant_guard.add_member(user_id uuid, role text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := tenant_guard._check_member_change(add_member.user_id, coalesce(add_member.role, ''));
+BEGIN
+    INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES (org, add_member.user_id, add_member.role);
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'that user is already a member; use set_member_role()' USING ERRCODE = '23505';
+END
+$$;
+
+CREATE FUNCTION tenant_guard.set_member_role(user_id uuid, role text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := tenant_guard._check_member_change(set_member_role.user_id, coalesce(set_member_role.role, ''));
+BEGIN
+    UPDATE tenant_guard.memberships m SET role = set_member_role.role
+     WHERE m.org_id = org AND m.user_id = set_member_role.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'that user is not a member of this organization' USING ERRCODE = '02000';
+    END IF;
+    PERFORM tenant_guard._assert_owner_remains(org);
+END
+$$;
+
+CREATE FUNCTION tenant_guard.remove_member(user_id uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := tenant_guard._check_member_change(remove_member.user_id, NULL);
+BEGIN
+    DELETE FROM tenant_guard.memberships m WHERE m.org_id = org AND m.user_id = remove_member.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'that user is not a member of this organization' USING ERRCODE = '02000';
+    END IF;
+    PERFORM tenant_guard._assert_owner_remains(org);
+END
+$$;
+
+---------------------------------------------------------------- policy templates
+CREATE FUNCTION tenant_guard._org_column_check(tbl regclass, col name)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    typ oid;
+BEGIN
+    IF tbl IS NULL OR col IS NULL THEN
+        RAISE EXCEPTION 'table and column must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT a.atttypid INTO typ FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column % does not exist in table %', quote_ident(col), tbl USING ERRCODE = '42703';
+    END IF;
+    IF typ <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column % of table % must be of type uuid, not %', quote_ident(col), tbl, typ::regtype
+            USING ERRCODE = '42804';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenant_guard.protect(
+    tbl regclass,
+    org_column name DEFAULT 'org_id',
+    read_role text DEFAULT 'viewer',
+    write_role text DEFAULT 'member',
+    delete_role text DEFAULT 'admin')
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    kind "char";
+    has_index boolean;
+    rl text;
+BEGIN
+    PERFORM tenant_guard._org_column_check(tbl, org_column);
+    FOREACH rl IN ARRAY ARRAY[read_role, write_role, delete_role] LOOP
+        IF rl IS NULL OR NOT EXISTS (SELECT 1 FROM tenant_guard.roles WHERE name = rl) THEN
+            RAISE EXCEPTION 'unknown role "%"', rl USING ERRCODE = '22023',
+                HINT = 'Roles are owner, admin, member and viewer.';
+        END IF;
+    END LOOP;
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+
+    -- The table itself and, for a partitioned table, every partition (a
+    -- partition queried directly is governed by its own policies).
+    FOR r IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', r.relid::regclass);
+        EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.relid::regclass);
+        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_isolation ON %s', r.relid::regclass);
+        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_select ON %s', r.relid::regclass);
+        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_insert ON %s', r.relid::regclass);
+        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_update ON %s', r.relid::regclass);
+        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_delete ON %s', r.relid::regclass);
+        -- Restrictive: no other (permissive) policy can widen access beyond the org.
+        EXECUTE format('CREATE POLICY tenant_guard_isolation ON %s AS RESTRICTIVE FOR ALL USING (%I = tenant_guard.current_org_id()) WITH CHECK (%I = tenant_guard.current_org_id())',
+                       r.relid::regclass, org_column, org_column);
+        EXECUTE format('CREATE POLICY tenant_guard_select ON %s FOR SELECT USING (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, org_column, read_role);
+        EXECUTE format('CREATE POLICY tenant_guard_insert ON %s FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, org_column, write_role);
+        EXECUTE format('CREATE POLICY tenant_guard_update ON %s FOR UPDATE USING (%I = tenant_guard.current_org_id_if(%L)) WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, org_column, write_role, org_column, write_role);
+        EXECUTE format('CREATE POLICY tenant_guard_delete ON %s FOR DELETE USING (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, org_column, delete_role);
+    END LOOP;
+
+    SELECT EXISTS (
+        SELECT 1 FROM pg_index i
+         WHERE i.indrelid = tbl
+           AND i.indkey[0] = (SELECT attnum FROM pg_attribute WHERE attrelid = tbl AND attname = org_column)
+    ) INTO has_index;
+    IF NOT has_index THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', tbl, org_column);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenant_guard.unprotect(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    p text;
+BEGIN
+    FOR r IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
+        FOREACH p IN ARRAY ARRAY['isolation', 'select', 'insert', 'update', 'delete'] LOOP
+            EXECUTE format('DROP POLICY IF EXISTS %I ON %s', 'tenant_guard_' || p, r.relid::regclass);
+        END LOOP;
+        EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', r.relid::regclass);
+        EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', r.relid::regclass);
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION tenant_guard._forbid_self_approval()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_row jsonb := to_jsonb(NEW);
+    requester text := new_row ->> TG_ARGV[0];
+    approver text := new_row ->> TG_ARGV[1];
+    me text := tenant_guard.current_user_id()::text;
+BEGIN
+    IF approver IS NOT NULL
+       AND (TG_OP = 'INSERT' OR approver IS DISTINCT FROM to_jsonb(OLD) ->> TG_ARGV[1]
+            OR requester IS DISTINCT FROM to_jsonb(OLD) ->> TG_ARGV[0])
+       AND (approver = requester OR me = requester) THEN
+        RAISE EXCEPTION 'a request cannot be approved by its requester' USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION tenant_guard.forbid_self_approval(tbl regclass, requester_column name, approver_column name)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    FOREACH requester_column IN ARRAY ARRAY[requester_column, approver_column] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = tbl AND attname = requester_column
+                        AND attnum > 0 AND NOT attisdropped) THEN
+            RAISE EXCEPTION 'column % does not exist in table %', quote_ident(requester_column), tbl
+                USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    EXECUTE format('DROP TRIGGER IF EXISTS tenant_guard_no_self_approval ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER tenant_guard_no_self_approval BEFORE INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION tenant_guard._forbid_self_approval(%L, %L)',
+                   tbl, forbid_self_approval.requester_column, approver_column);
+END
+$$;
+
+---------------------------------------------------------------- grants
+-- Everything starts closed; each role gets what it needs.
+REVOKE ALL ON ALL TABLES IN SCHEMA tenant_guard FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenant_guard FROM PUBLIC;
+
+GRANT SELECT ON tenant_guard.roles TO PUBLIC;
+GRANT SELECT ON tenant_guard.organizations, tenant_guard.memberships TO PUBLIC;   -- rows filtered by RLS
+GRANT SELECT ON tenant_guard.organizations, tenant_guard.memberships TO tenant_guard_service;
+
+-- Helpers: a policy evaluated for any role calls them.
+GRANT EXECUTE ON FUNCTION
+    tenant_guard.current_org_id(), tenant_guard.current_org_id_if(text), tenant_guard.current_user_id(),
+    tenant_guard.current_user_role(), tenant_guard.current_api_key_id(), tenant_guard.current_scopes(),
+    tenant_guard.has_role(text), tenant_guard.require_role(text),
+    tenant_guard.has_scope(text), tenant_guard.require_scope(text),
+    tenant_guard.clear_context(), tenant_guard.authenticate_jwt(text),
+    tenant_guard.add_member(uuid, text), tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid),
+    tenant_guard.protect(regclass, name, text, text, text), tenant_guard.unprotect(regclass),
+    tenant_guard.forbid_self_approval(regclass, name, name), tenant_guard._forbid_self_approval()
+TO PUBLIC;
+
+-- Service role (trusted server code only).
+GRANT EXECUTE ON FUNCTION
+    tenant_guard.assume(uuid, uuid), tenant_guard.create_organization(text, uuid)
+TO tenant_guard_service;

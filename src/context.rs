@@ -1,0 +1,261 @@
+//! The request context: set only by functions that verify something, held in
+//! the `tenant_guard.context` setting as a token signed with the context key
+//! and bound to the current transaction, read by the helpers below.
+//!
+//! Per call a helper reads the setting and compares it with the last token it
+//! verified (a memcmp); the HMAC is checked once per distinct value.
+
+use crate::error::raise;
+use crate::gucs;
+use crate::keyring;
+use crate::keys::Purpose;
+use crate::roles;
+use crate::token::{self, Binding, Claims};
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, Uuid};
+use std::cell::RefCell;
+
+struct Cached {
+    token: Vec<u8>,
+    generation: u64,
+    claims: Option<Claims>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<Cached>> = const { RefCell::new(None) };
+}
+
+/// The transaction a context belongs to: the parallel leader's (or our own)
+/// pid, backend id and local transaction id.
+pub fn current_binding() -> Binding {
+    unsafe {
+        let me = pg_sys::MyProc;
+        let leader = if (*me).lockGroupLeader.is_null() { me } else { (*me).lockGroupLeader };
+        Binding { pid: (*leader).pid, backend_id: (*leader).backendId, lxid: (*leader).lxid }
+    }
+}
+
+/// Run `f` on the verified claims of the current context, or return None
+/// when there is none (or it is not valid here and now).
+pub fn with_claims<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
+    let raw = unsafe { gucs::raw_value(&gucs::CONTEXT) }?;
+    if raw.is_empty() {
+        return None;
+    }
+    let generation = gucs::key_generation();
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let hit = matches!(&*cache, Some(c) if c.generation == generation && c.token == raw);
+        if !hit {
+            let key = keyring::current();
+            let claims = std::str::from_utf8(raw).ok().and_then(|t| token::decode(t, key.subkey(Purpose::Context)).ok());
+            *cache = Some(Cached { token: raw.to_vec(), generation, claims });
+        }
+        let claims = cache.as_ref()?.claims.as_ref()?;
+        if claims.binding != current_binding() {
+            return None;
+        }
+        Some(f(claims))
+    })
+}
+
+/// Sign `claims` and install them as the context until the end of the transaction.
+pub fn install(claims: Claims) {
+    let key = keyring::current();
+    let tok = token::encode(&claims, key.subkey(Purpose::Context));
+    set_context_value(&tok);
+    let generation = gucs::key_generation();
+    CACHE.with(|c| *c.borrow_mut() = Some(Cached { token: tok.into_bytes(), generation, claims: Some(claims) }));
+}
+
+fn set_context_value(value: &str) {
+    let v = std::ffi::CString::new(value).expect("token has no NUL");
+    unsafe {
+        pg_sys::set_config_option(
+            gucs::CONTEXT_NAME.as_ptr(),
+            v.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+fn require_known_role(name: Option<&str>) -> u8 {
+    let Some(name) = name else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "role must not be NULL", None, None)
+    };
+    roles::rank(name).unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown role \"{}\"", name.escape_default()),
+            None,
+            Some("Roles are owner, admin, member and viewer."),
+        )
+    })
+}
+
+fn has_rank(claims: &Claims, min: u8) -> bool {
+    roles::rank(&claims.role).is_some_and(|r| r >= min)
+}
+
+// ---------------------------------------------------------------- helpers
+
+#[pg_extern(stable, parallel_safe)]
+fn current_org_id() -> Option<Uuid> {
+    with_claims(|c| Uuid::from_bytes(c.org_id))
+}
+
+/// The current org when the context's role is at least `min_role`, else NULL.
+/// One stable expression, so `org_id = current_org_id_if('member')` is an index condition.
+#[pg_extern(stable, parallel_safe)]
+fn current_org_id_if(min_role: Option<&str>) -> Option<Uuid> {
+    let min = require_known_role(min_role);
+    with_claims(|c| has_rank(c, min).then(|| Uuid::from_bytes(c.org_id))).flatten()
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn current_user_id() -> Option<Uuid> {
+    with_claims(|c| c.user_id.map(Uuid::from_bytes)).flatten()
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn current_user_role() -> Option<String> {
+    with_claims(|c| c.role.clone())
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn current_api_key_id() -> Option<Uuid> {
+    with_claims(|c| c.api_key_id.map(Uuid::from_bytes)).flatten()
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn current_scopes() -> Option<Vec<String>> {
+    with_claims(|c| c.scopes.clone())
+}
+
+/// True when the context's role ranks at least `min_role`; false (never NULL) without a context.
+#[pg_extern(stable, parallel_safe)]
+fn has_role(min_role: Option<&str>) -> bool {
+    let min = require_known_role(min_role);
+    with_claims(|c| has_rank(c, min)).unwrap_or(false)
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn require_role(min_role: Option<&str>) {
+    if !has_role(min_role) {
+        let have = with_claims(|c| c.role.clone());
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("this action needs role {} or higher", min_role.unwrap_or_default()),
+            Some(&match have {
+                Some(r) => format!("The current context has role {r}."),
+                None => "There is no request context in this transaction.".to_string(),
+            }),
+            None,
+        )
+    }
+}
+
+/// True when the context carries `scope` (API keys); false without a context
+/// or for user contexts, which carry no scopes.
+#[pg_extern(stable, parallel_safe)]
+fn has_scope(scope: Option<&str>) -> bool {
+    let Some(scope) = scope else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "scope must not be NULL", None, None)
+    };
+    with_claims(|c| c.scopes.iter().any(|s| s == scope)).unwrap_or(false)
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn require_scope(scope: Option<&str>) {
+    if !has_scope(scope) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("this action needs scope \"{}\"", scope.unwrap_or_default().escape_default()),
+            None,
+            None,
+        )
+    }
+}
+
+/// Drop the context for the rest of the transaction (anyone may lower their own privileges).
+#[pg_extern]
+fn clear_context() {
+    set_context_value("");
+    CACHE.with(|c| *c.borrow_mut() = None);
+}
+
+// ---------------------------------------------------------------- setters
+
+fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT m.role FROM tenant_guard.memberships m WHERE m.org_id = $1 AND m.user_id = $2",
+        &[Uuid::from_bytes(org_id).into(), Uuid::from_bytes(user_id).into()],
+    )
+    .unwrap_or(None)
+}
+
+fn now_epoch() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Verify an HS256 JWT signed with `tenant_guard.jwt_secret` and set the
+/// context for this transaction. The role comes from `memberships`.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn authenticate_jwt(token: Option<&str>) -> Uuid {
+    let token = token.unwrap_or("");
+    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify(token, secret, now_epoch()));
+    let claims = match claims {
+        Ok(c) => c,
+        Err(e) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "invalid token",
+            Some(&format!("The JWT was rejected: {e}.")),
+            None,
+        ),
+    };
+    let Some(role) = membership_role(claims.org_id, claims.sub) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "invalid token",
+            Some("The subject is not a member of the organization."),
+            None,
+        )
+    };
+    install(Claims {
+        org_id: claims.org_id,
+        user_id: Some(claims.sub),
+        role,
+        api_key_id: None,
+        scopes: vec![],
+        binding: current_binding(),
+    });
+    Uuid::from_bytes(claims.org_id)
+}
+
+/// Service role only (by grant): act as `user_id` in `org_id` for this
+/// transaction, with the role the membership table gives. Returns that role.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn assume(org_id: Uuid, user_id: Uuid) -> String {
+    let org = *org_id.as_bytes();
+    let user = *user_id.as_bytes();
+    let Some(role) = membership_role(org, user) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "that user is not a member of that organization",
+            None,
+            None,
+        )
+    };
+    install(Claims { org_id: org, user_id: Some(user), role: role.clone(), api_key_id: None, scopes: vec![], binding: current_binding() });
+    role
+}

@@ -1,0 +1,122 @@
+//! Every setting the extension defines, in one place.
+//!
+//! The secret settings (`passphrase`, `old_passphrases`, `jwt_secret`) are
+//! PGC_SUSET + GUC_SUPERUSER_ONLY + GUC_NO_SHOW_ALL (+ GUC_NOT_IN_SAMPLE), and a
+//! check hook refuses values that would be stored in a catalog PUBLIC can read.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use pgrx::pg_guard;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub static PASSPHRASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static OLD_PASSPHRASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The signed request context; see `context.rs`.
+pub static CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub const CONTEXT_NAME: &CStr = c"tenant_guard.context";
+
+/// Bumped whenever a key-bearing setting changes (SET, RESET, reload,
+/// transaction rollback), so cached keys are re-derived on next use.
+static KEY_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+pub fn key_generation() -> u64 {
+    KEY_GENERATION.load(Ordering::Relaxed)
+}
+
+/// Borrow a string setting's current value without copying it.
+///
+/// # Safety
+/// The returned slice must not outlive a change to the setting; callers use
+/// it immediately and copy what they keep.
+pub unsafe fn raw_value(setting: &'static GucSetting<Option<CString>>) -> Option<&'static [u8]> {
+    let p = *setting.as_ptr();
+    if p.is_null() {
+        None
+    } else {
+        Some(CStr::from_ptr(p).to_bytes())
+    }
+}
+
+unsafe fn check_fail(msg: &CStr, hint: &CStr) -> bool {
+    // Always set our own message: PostgreSQL's default one quotes the value.
+    pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
+    pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(msg.as_ptr());
+    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+    false
+}
+
+/// Refuse sources whose values land in pg_db_role_setting or pg_proc
+/// (ALTER ROLE / ALTER DATABASE / a function's SET clause validate with
+/// PGC_S_TEST; stored values are applied at login with the DATABASE/USER
+/// sources). Files, the command line and a superuser's SET are accepted.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_secret(
+    _newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    use pg_sys::GucSource::*;
+    match source {
+        PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER => check_fail(
+            c"tenant_guard secret settings cannot be set with ALTER ROLE, ALTER DATABASE or a function's SET clause",
+            c"Those are stored in catalogs that every role can read. Put the value in a server configuration file that only the postgres OS user can read (or use ALTER SYSTEM), then reload.",
+        ),
+        _ => true,
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_key(_newval: *const c_char, _extra: *mut c_void) {
+    KEY_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn init() {
+    let secret_flags = GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL; // NO_SHOW_ALL includes NOT_IN_SAMPLE
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"tenant_guard.passphrase",
+            c"Server-side passphrase from which tenant_guard derives its keys (superuser only).",
+            c"At least 32 bytes; generate it, e.g. `openssl rand -base64 48`. Set it in a configuration file only the server can read.",
+            &PASSPHRASE,
+            GucContext::Suset,
+            secret_flags,
+            Some(check_secret),
+            Some(assign_key),
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"tenant_guard.old_passphrases",
+            c"Comma-separated previous passphrases, still accepted for decryption during rotation (superuser only).",
+            c"",
+            &OLD_PASSPHRASES,
+            GucContext::Suset,
+            secret_flags,
+            Some(check_secret),
+            Some(assign_key),
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"tenant_guard.jwt_secret",
+            c"HS256 secret that authenticate_jwt() verifies tokens with (superuser only).",
+            c"At least 32 bytes.",
+            &JWT_SECRET,
+            GucContext::Suset,
+            secret_flags,
+            Some(check_secret),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc(
+            CONTEXT_NAME,
+            c"Signed request context; set only by tenant_guard's verifying functions.",
+            c"Transaction-scoped. A value not signed by this server for the current transaction is ignored.",
+            &CONTEXT,
+            GucContext::Suset,
+            GucFlags::empty(),
+        );
+        pg_sys::MarkGUCPrefixReserved(c"tenant_guard".as_ptr());
+    }
+}

@@ -1,0 +1,63 @@
+//! Per-backend key cache: derived from the passphrase on first use, re-derived
+//! after any change of the passphrase settings (the assign hook bumps a
+//! generation counter), never printed.
+
+use crate::error::raise;
+use crate::gucs;
+use crate::keys::{KeyError, KeySet, MIN_JWT_SECRET_LEN, MIN_PASSPHRASE_LEN};
+use pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE as NOT_READY;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+thread_local! {
+    static CURRENT: RefCell<Option<(u64, Rc<KeySet>)>> = const { RefCell::new(None) };
+}
+
+/// The keys derived from `tenant_guard.passphrase`; raises a clear error when
+/// it is missing or too short.
+pub fn current() -> Rc<KeySet> {
+    let gen = gucs::key_generation();
+    if let Some(k) = CURRENT.with(|c| c.borrow().as_ref().filter(|(g, _)| *g == gen).map(|(_, k)| k.clone())) {
+        return k;
+    }
+    let derived = {
+        let pass = unsafe { gucs::raw_value(&gucs::PASSPHRASE) }.unwrap_or(b"");
+        KeySet::derive(pass)
+    };
+    match derived {
+        Ok(k) => {
+            let k = Rc::new(k);
+            CURRENT.with(|c| *c.borrow_mut() = Some((gen, k.clone())));
+            k
+        }
+        Err(KeyError::Missing) => raise(
+            NOT_READY,
+            "tenant_guard.passphrase is not set",
+            Some("tenant_guard derives its encryption and signing keys from this server-side passphrase."),
+            Some("Add tenant_guard.passphrase = '<output of: openssl rand -base64 48>' to postgresql.conf (a file only the server can read) and reload."),
+        ),
+        Err(KeyError::TooShort) => raise(
+            NOT_READY,
+            format!("tenant_guard.passphrase is too short (minimum {MIN_PASSPHRASE_LEN} bytes)"),
+            None,
+            Some("Generate one with: openssl rand -base64 48"),
+        ),
+    }
+}
+
+/// Run `f` with the JWT secret; raises when it is missing or too short.
+pub fn with_jwt_secret<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    let secret = unsafe { gucs::raw_value(&gucs::JWT_SECRET) }.unwrap_or(b"");
+    if secret.is_empty() {
+        raise(
+            NOT_READY,
+            "tenant_guard.jwt_secret is not set",
+            None,
+            Some("Add tenant_guard.jwt_secret to postgresql.conf (a file only the server can read) and reload."),
+        )
+    }
+    if secret.len() < MIN_JWT_SECRET_LEN {
+        raise(NOT_READY, format!("tenant_guard.jwt_secret is too short (minimum {MIN_JWT_SECRET_LEN} bytes)"), None, None)
+    }
+    f(secret)
+}
