@@ -269,17 +269,19 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    col name;
 BEGIN
-    FOREACH requester_column IN ARRAY ARRAY[requester_column, approver_column] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = tbl AND attname = requester_column
+    FOREACH col IN ARRAY ARRAY[requester_column, approver_column] LOOP
+        IF col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = tbl AND attname = col
                         AND attnum > 0 AND NOT attisdropped) THEN
-            RAISE EXCEPTION 'column % does not exist in table %', quote_ident(requester_column), tbl
+            RAISE EXCEPTION 'column % does not exist in table %', quote_ident(col), tbl
                 USING ERRCODE = '42703';
         END IF;
     END LOOP;
     EXECUTE format('DROP TRIGGER IF EXISTS tenant_guard_no_self_approval ON %s', tbl);
     EXECUTE format('CREATE TRIGGER tenant_guard_no_self_approval BEFORE INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION tenant_guard._forbid_self_approval(%L, %L)',
-                   tbl, forbid_self_approval.requester_column, approver_column);
+                   tbl, requester_column, approver_column);
 END
 $$;
 
@@ -301,7 +303,8 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.clear_context(), tenant_guard.authenticate_jwt(text),
     tenant_guard.add_member(uuid, text), tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid),
     tenant_guard.protect(regclass, name, text, text, text), tenant_guard.unprotect(regclass),
-    tenant_guard.forbid_self_approval(regclass, name, name), tenant_guard._forbid_self_approval()
+    tenant_guard.forbid_self_approval(regclass, name, name), tenant_guard._forbid_self_approval(),
+    tenant_guard._org_column_check(regclass, name)
 TO PUBLIC;
 
 -- Service role (trusted server code only).
