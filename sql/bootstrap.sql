@@ -33,3 +33,36 @@ CREATE TABLE tenant_guard.memberships (
     PRIMARY KEY (org_id, user_id)
 );
 CREATE INDEX memberships_user_idx ON tenant_guard.memberships (user_id);
+
+-- API keys: only the SHA-256 of a key is stored; `prefix` is the public
+-- display part (first 12 characters).
+CREATE TABLE tenant_guard.api_keys (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    org_id uuid NOT NULL REFERENCES tenant_guard.organizations (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    prefix text NOT NULL,
+    key_hash bytea NOT NULL UNIQUE CHECK (length(key_hash) = 32),
+    role text NOT NULL REFERENCES tenant_guard.roles (name),
+    scopes text[] NOT NULL DEFAULT '{}',
+    rate_limit_per_minute int NOT NULL DEFAULT 600 CHECK (rate_limit_per_minute > 0),
+    expires_at timestamptz,
+    revoked_at timestamptz,
+    last_used_at timestamptz,
+    created_by uuid,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    rotated_to uuid REFERENCES tenant_guard.api_keys (id) ON DELETE SET NULL
+);
+CREATE INDEX api_keys_org_idx ON tenant_guard.api_keys (org_id);
+
+-- Every authenticate() outcome; written by the request-log worker, never the key.
+CREATE TABLE tenant_guard.request_log (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL,
+    org_id uuid,
+    api_key_id uuid,
+    outcome text NOT NULL CHECK (outcome IN ('ok', 'invalid', 'revoked', 'expired', 'rate_limited')),
+    action text,
+    client_addr inet
+);
+CREATE INDEX request_log_org_at_idx ON tenant_guard.request_log (org_id, at);
+CREATE INDEX request_log_at_idx ON tenant_guard.request_log (at);

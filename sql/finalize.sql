@@ -12,6 +12,63 @@ ALTER TABLE tenant_guard.memberships FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_guard_select ON tenant_guard.memberships
     FOR SELECT USING (org_id = tenant_guard.current_org_id());
 
+ALTER TABLE tenant_guard.api_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.api_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_guard_select ON tenant_guard.api_keys
+    FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
+
+ALTER TABLE tenant_guard.request_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.request_log FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_guard_select ON tenant_guard.request_log
+    FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
+
+-- BYPASSRLS is a role attribute and is not inherited by the members of
+-- tenant_guard_service; these policies give its members read access to
+-- tenant_guard's own tables without SET ROLE.
+CREATE POLICY tenant_guard_service_read ON tenant_guard.organizations FOR SELECT TO tenant_guard_service USING (true);
+CREATE POLICY tenant_guard_service_read ON tenant_guard.memberships FOR SELECT TO tenant_guard_service USING (true);
+CREATE POLICY tenant_guard_service_read ON tenant_guard.api_keys FOR SELECT TO tenant_guard_service USING (true);
+CREATE POLICY tenant_guard_service_read ON tenant_guard.request_log FOR SELECT TO tenant_guard_service USING (true);
+
+---------------------------------------------------------------- API keys
+CREATE FUNCTION tenant_guard.revoke_api_key(key_id uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenant_guard.require_role('admin');
+    UPDATE tenant_guard.api_keys k SET revoked_at = coalesce(k.revoked_at, now())
+     WHERE k.id = revoke_api_key.key_id AND k.org_id = tenant_guard.current_org_id();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no API key with that id in this organization' USING ERRCODE = '02000';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenant_guard.purge_request_log(older_than interval)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
+    DELETE FROM tenant_guard.request_log WHERE at < now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION tenant_guard.rate_limit(bucket text, per_period int, period interval, burst int DEFAULT 0)
+RETURNS boolean
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT tenant_guard._rate_limit(bucket, per_period, (extract(epoch FROM period) * 1000000)::bigint, burst) $$;
+
 ---------------------------------------------------------------- organizations
 CREATE FUNCTION tenant_guard.create_organization(name text, owner_user_id uuid)
 RETURNS uuid
@@ -203,13 +260,16 @@ BEGIN
         -- Restrictive: no other (permissive) policy can widen access beyond the org.
         EXECUTE format('CREATE POLICY tenant_guard_isolation ON %s AS RESTRICTIVE FOR ALL USING (%I = tenant_guard.current_org_id()) WITH CHECK (%I = tenant_guard.current_org_id())',
                        r.relid::regclass, org_column, org_column);
-        EXECUTE format('CREATE POLICY tenant_guard_select ON %s FOR SELECT USING (%I = tenant_guard.current_org_id_if(%L))',
+        -- Per command: the org again (identical expression, so the planner merges it
+        -- with the one above) and a role check without column references, which the
+        -- planner evaluates once per scan instead of once per row.
+        EXECUTE format('CREATE POLICY tenant_guard_select ON %s FOR SELECT USING (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
                        r.relid::regclass, org_column, read_role);
-        EXECUTE format('CREATE POLICY tenant_guard_insert ON %s FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_insert ON %s FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
                        r.relid::regclass, org_column, write_role);
-        EXECUTE format('CREATE POLICY tenant_guard_update ON %s FOR UPDATE USING (%I = tenant_guard.current_org_id_if(%L)) WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_update ON %s FOR UPDATE USING (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L)) WITH CHECK (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
                        r.relid::regclass, org_column, write_role, org_column, write_role);
-        EXECUTE format('CREATE POLICY tenant_guard_delete ON %s FOR DELETE USING (%I = tenant_guard.current_org_id_if(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_delete ON %s FOR DELETE USING (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
                        r.relid::regclass, org_column, delete_role);
     END LOOP;
 
@@ -285,6 +345,15 @@ BEGIN
 END
 $$;
 
+---------------------------------------------------------------- backups
+-- Tables of an extension are left out of pg_dump unless registered: without
+-- this a dump would hold no organization, member, key or log row.
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.organizations', '');
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.memberships', '');
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.api_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log', '');
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log_id_seq', '');
+
 ---------------------------------------------------------------- grants
 -- Everything starts closed; each role gets what it needs.
 REVOKE ALL ON ALL TABLES IN SCHEMA tenant_guard FROM PUBLIC;
@@ -304,10 +373,22 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.add_member(uuid, text), tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid),
     tenant_guard.protect(regclass, name, text, text, text), tenant_guard.unprotect(regclass),
     tenant_guard.forbid_self_approval(regclass, name, name), tenant_guard._forbid_self_approval(),
-    tenant_guard._org_column_check(regclass, name)
+    tenant_guard._org_column_check(regclass, name),
+    tenant_guard.authenticate(text, text, inet), tenant_guard.create_api_key(text, text, text[], interval, int),
+    tenant_guard.rotate_api_key(uuid, interval), tenant_guard.revoke_api_key(uuid),
+    tenant_guard.rate_limit(text, int, interval, int), tenant_guard._rate_limit(text, int, bigint, int)
 TO PUBLIC;
+
+-- API keys: org admins list their own (RLS); the hash column is never granted to PUBLIC.
+GRANT SELECT (id, org_id, name, prefix, role, scopes, rate_limit_per_minute, expires_at, revoked_at,
+              last_used_at, created_by, created_at, rotated_to)
+    ON tenant_guard.api_keys TO PUBLIC;
+GRANT SELECT ON tenant_guard.request_log TO PUBLIC;    -- rows filtered by RLS (admins, own org)
 
 -- Service role (trusted server code only).
 GRANT EXECUTE ON FUNCTION
-    tenant_guard.assume(uuid, uuid), tenant_guard.create_organization(text, uuid)
+    tenant_guard.assume(uuid, uuid), tenant_guard.create_organization(text, uuid),
+    tenant_guard.import_api_key_hash(uuid, text, bytea, text, text[], timestamptz, int, text),
+    tenant_guard.purge_request_log(interval), tenant_guard.request_log_queue()
 TO tenant_guard_service;
+GRANT SELECT ON tenant_guard.api_keys, tenant_guard.request_log TO tenant_guard_service;

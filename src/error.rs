@@ -15,3 +15,4 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<&s
     r.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
+

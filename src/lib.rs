@@ -5,15 +5,20 @@
 
 use pgrx::prelude::*;
 
+pub mod apikey;
+pub mod gcra;
 pub mod jwt;
 pub mod keys;
 pub mod roles;
 pub mod token;
 
+mod apikeys;
 mod context;
 mod error;
 mod gucs;
 mod keyring;
+mod ratelimit;
+mod reqlog;
 
 ::pgrx::pg_module_magic!();
 
@@ -35,6 +40,8 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     gucs::init();
+    ratelimit::init();
+    reqlog::init();
 }
 
 // In-database tests only run under `cargo pgrx test` (feature pg_test);

@@ -220,6 +220,40 @@ impl Cluster {
         Db { cluster: self, name }
     }
 
+    /// A streaming hot standby of this cluster (pg_basebackup -R), started on its own port.
+    pub fn start_standby(&self) -> Cluster {
+        let port = free_port();
+        let datadir = std::env::temp_dir().join(format!("tenant_guard_standby_{}_{}", std::process::id(), port));
+        let _ = std::fs::remove_dir_all(&datadir);
+        std::fs::create_dir_all(&datadir).unwrap();
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.arg("postgres:postgres").arg(&datadir);
+            run(c, "chown standby datadir");
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&datadir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let mut bb = as_postgres(&self.bindir.join("pg_basebackup"));
+        bb.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "dba", "-R", "-X", "stream", "-c", "fast", "-D"]).arg(&datadir);
+        run(bb, "pg_basebackup");
+        let conf_path = datadir.join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap();
+        conf.push_str(&format!("\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", datadir.display()));
+        std::fs::write(&conf_path, conf).unwrap();
+        let _ = std::fs::remove_file(datadir.join("server.log"));
+        let mut start = as_postgres(&self.bindir.join("pg_ctl"));
+        start.args(["start", "-w", "-t", "60", "-D"]).arg(&datadir).arg("-l").arg(datadir.join("server.log"));
+        CLUSTERS.lock().unwrap().push((self.bindir.clone(), datadir.clone()));
+        let out = start.output().expect("pg_ctl start standby");
+        if !out.status.success() {
+            let log = std::fs::read_to_string(datadir.join("server.log")).unwrap_or_default();
+            panic!("standby start failed:\n{}\n{log}", String::from_utf8_lossy(&out.stderr));
+        }
+        Cluster { port, datadir, bindir: self.bindir.clone(), dbs: AtomicUsize::new(0) }
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.datadir.join("server.log")).unwrap_or_default()
     }
@@ -295,4 +329,39 @@ pub fn full_error<T>(r: &Result<T, postgres::Error>) -> String {
             None => e.to_string(),
         },
     }
+}
+
+/// A JWT for `user` in `org`, signed with the harness's JWT secret (valid 1 hour).
+pub fn test_jwt(org: &str, user: &str) -> String {
+    test_jwt_with(org, user, JWT_SECRET)
+}
+
+pub fn test_jwt_with(org: &str, user: &str, secret: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let h = B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let p = B64.encode(format!(r#"{{"sub":"{user}","org_id":"{org}","exp":{},"iat":{now}}}"#, now + 3600));
+    let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(format!("{h}.{p}").as_bytes());
+    format!("{h}.{p}.{}", B64.encode(m.finalize().into_bytes()))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A table of (label, baseline samples, candidate samples) with medians in
+/// microseconds and the candidate/baseline ratio.
+pub fn bench_table(rows: &[(&str, &[f64], &[f64])]) -> String {
+    let mut out = format!("| {:<56} | {:>12} | {:>12} | {:>6} |\n", "measurement", "baseline us", "candidate us", "ratio");
+    out.push_str(&format!("|{}|{}|{}|{}|\n", "-".repeat(58), "-".repeat(14), "-".repeat(14), "-".repeat(8)));
+    for (label, base, cand) in rows {
+        let (b, c) = (median(base) * 1e6, median(cand) * 1e6);
+        out.push_str(&format!("| {:<56} | {:>12.1} | {:>12.1} | {:>6.3} |\n", label, b, c, c / b));
+    }
+    out
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the benchmarks in bench/ against the release build of the extension.
+# Usage: scripts/bench.sh [rls ...]     (default: all)
+# Each prints a table of medians and ratios against a baseline measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tenant_guard-target}"
+export PG_CONFIG=/usr/bin/pg_config
+sudo_flag=""; [ "$(id -u)" -eq 0 ] || sudo_flag="--sudo"
+cargo pgrx install --release --pg-config "$PG_CONFIG" $sudo_flag
+benches=("$@"); [ "${#benches[@]}" -gt 0 ] || benches=(rls)
+for b in "${benches[@]}"; do
+    cargo run --release -q -p tenant_guard_harness --bin "bench_$b"
+done
+echo "note: the release build is now installed; scripts/test.sh reinstalls the dev build."

@@ -1,0 +1,302 @@
+//! API keys: creation (plaintext returned once, only SHA-256 stored),
+//! authenticate() (verify + rate limit + log + context in one call),
+//! rotation and import of existing hashes.
+
+use crate::apikey::{self, Shape};
+use crate::context::{self, current_binding};
+use crate::error::raise;
+use crate::gcra::Rate;
+use crate::ratelimit;
+use crate::reqlog::{self, Outcome};
+use crate::roles;
+use crate::token::Claims;
+use pgrx::datum::{Inet, Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{PgBuiltInOids, PgOid, PgSqlErrorCode, Uuid};
+use std::cell::RefCell;
+
+/// SQLSTATE of a rate-limited authenticate(): 53400 configuration_limit_exceeded
+/// (pgrx can only raise PostgreSQL's own codes; this one is used for nothing else here).
+const RATE_LIMITED: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
+
+fn invalid_key() -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "invalid API key", None, None)
+}
+
+struct KeyRow {
+    id: Uuid,
+    org: Uuid,
+    role: String,
+    scopes: Vec<String>,
+    rpm: i32,
+    revoked: bool,
+    expired: bool,
+}
+
+thread_local! {
+    static LOOKUP: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+const LOOKUP_SQL: &str = "SELECT id, org_id, role, scopes, rate_limit_per_minute,
+        revoked_at IS NOT NULL AND revoked_at <= now(),
+        expires_at IS NOT NULL AND expires_at <= now()
+   FROM tenant_guard.api_keys WHERE key_hash = $1";
+
+fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
+    Spi::connect(|client| {
+        let stmt = LOOKUP.with(|l| l.borrow_mut().take());
+        let stmt = match stmt {
+            Some(s) => s,
+            None => client.prepare(LOOKUP_SQL, &[PgOid::BuiltIn(PgBuiltInOids::BYTEAOID)])?.keep(),
+        };
+        let t = client.select(&stmt, Some(1), &[hash.as_slice().into()]);
+        LOOKUP.with(|l| *l.borrow_mut() = Some(stmt));
+        let t = t?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::SpiError>(None);
+        }
+        let r = t.first();
+        Ok(Some(KeyRow {
+            id: r.get(1)?.expect("id"),
+            org: r.get(2)?.expect("org_id"),
+            role: r.get(3)?.expect("role"),
+            scopes: r.get::<Vec<String>>(4)?.unwrap_or_default(),
+            rpm: r.get(5)?.expect("rate"),
+            revoked: r.get(6)?.unwrap_or(true),
+            expired: r.get(7)?.unwrap_or(true),
+        }))
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api key lookup failed: {e}"), None, None))
+}
+
+/// Verify an API key, apply its rate limit, log the outcome and set the
+/// context for this transaction. Returns the key's org id.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), client_addr: default!(Option<Inet>, "NULL")) -> Uuid {
+    let addr = client_addr.as_ref().map(|a| a.to_string());
+    let fail = |outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>| -> ! {
+        reqlog::record(outcome, org, key, action, addr.as_deref());
+        invalid_key()
+    };
+    let key = api_key.unwrap_or("");
+    if apikey::classify(key) == Shape::Corrupt {
+        fail(Outcome::Invalid, None, None);
+    }
+    let Some(row) = lookup(&apikey::hash(key)) else { fail(Outcome::Invalid, None, None) };
+    let (org, id) = (*row.org.as_bytes(), *row.id.as_bytes());
+    if row.revoked {
+        fail(Outcome::Revoked, Some(org), Some(id));
+    }
+    if row.expired {
+        fail(Outcome::Expired, Some(org), Some(id));
+    }
+    let rate = Rate::new(row.rpm as i64, 60_000_000, (row.rpm as i64 - 1).max(0)).expect("rate_limit_per_minute > 0");
+    let d = ratelimit::throttle(ratelimit::key("apikey", &[&id]), rate, 1);
+    if d.limited {
+        reqlog::record(Outcome::RateLimited, Some(org), Some(id), action, addr.as_deref());
+        let ms = (d.retry_after.max(0) + 999) / 1000;
+        raise(
+            RATE_LIMITED,
+            "API key rate limit exceeded",
+            Some(&format!("retry_after_ms={ms}")),
+            Some(&format!("This key allows {} requests per minute.", row.rpm)),
+        );
+    }
+    reqlog::record(Outcome::Ok, Some(org), Some(id), action, addr.as_deref());
+    context::install(Claims {
+        org_id: org,
+        user_id: None,
+        role: row.role,
+        api_key_id: Some(id),
+        scopes: row.scopes,
+        binding: current_binding(),
+    });
+    row.org
+}
+
+fn require_admin() -> ([u8; 16], Option<[u8; 16]>, u8) {
+    let ctx = context::with_claims(|c| (c.org_id, c.user_id, roles::rank(&c.role).unwrap_or(0)));
+    match ctx {
+        Some(c) if c.2 >= roles::rank("admin").unwrap() => c,
+        _ => raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing API keys needs role admin or higher", None, None),
+    }
+}
+
+fn check_role(role: &str, my_rank: u8) {
+    match roles::rank(role) {
+        None => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", role.escape_default()), None, None),
+        Some(r) if r > my_rank => {
+            raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "an API key cannot have a role above its creator's", None, None)
+        }
+        _ => {}
+    }
+}
+
+fn new_key() -> String {
+    apikey::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None))
+}
+
+fn insert_key(
+    org: [u8; 16],
+    name: &str,
+    key: &str,
+    role: &str,
+    scopes: Vec<String>,
+    expires_in_us: Option<i64>,
+    rpm: i32,
+    created_by: Option<[u8; 16]>,
+) -> Uuid {
+    Spi::get_one_with_args::<Uuid>(
+        "INSERT INTO tenant_guard.api_keys (org_id, name, prefix, key_hash, role, scopes, rate_limit_per_minute, expires_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8::float8 / 1e6), $9) RETURNING id",
+        &[
+            Uuid::from_bytes(org).into(),
+            name.into(),
+            apikey::display_prefix(key).into(),
+            apikey::hash(key).as_slice().into(),
+            role.into(),
+            scopes.into(),
+            rpm.into(),
+            expires_in_us.into(),
+            created_by.map(Uuid::from_bytes).into(),
+        ],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("storing the API key failed: {e}"), None, None))
+    .expect("RETURNING id")
+}
+
+fn interval_us(i: &Interval) -> i64 {
+    i64::try_from(i.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn validate(name: &str, scopes: &[String], rpm: i32, expires_in: Option<&Interval>) {
+    if name.trim().is_empty() || name.len() > 200 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "name must be 1 to 200 characters", None, None);
+    }
+    if rpm <= 0 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "rate_limit_per_minute must be positive", None, None);
+    }
+    if scopes.len() > 64 || scopes.iter().any(|s| s.is_empty() || s.len() > 100) {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "scopes must be at most 64 non-empty names of up to 100 characters", None, None);
+    }
+    if let Some(e) = expires_in {
+        if interval_us(e) <= 0 {
+            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "expires_in must be positive (or NULL for no expiry)", None, None);
+        }
+    }
+}
+
+/// Create a key in the current org (admin or higher). The plaintext is
+/// returned here once and stored nowhere.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_api_key(
+    name: &str,
+    role: default!(&str, "'member'"),
+    scopes: default!(Option<Vec<Option<String>>>, "'{}'"),
+    expires_in: default!(Option<Interval>, "'90 days'"),
+    rate_limit_per_minute: default!(i32, 600),
+) -> TableIterator<'static, (name!(key_id, Uuid), name!(api_key, String))> {
+    let (org, user, my_rank) = require_admin();
+    check_role(role, my_rank);
+    let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
+    validate(name, &scopes, rate_limit_per_minute, expires_in.as_ref());
+    let key = new_key();
+    let id = insert_key(org, name, &key, role, scopes, expires_in.as_ref().map(interval_us), rate_limit_per_minute, user);
+    TableIterator::once((id, key))
+}
+
+/// Replace a key: a new key with the same name, role, scopes and limit; the
+/// old one keeps working until `grace` has passed.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn rotate_api_key(
+    key_id: Uuid,
+    grace: default!(Interval, "'24 hours'"),
+) -> TableIterator<'static, (name!(key_id, Uuid), name!(api_key, String))> {
+    let (org, user, my_rank) = require_admin();
+    let grace_us = interval_us(&grace);
+    if grace_us < 0 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "grace must not be negative", None, None);
+    }
+    let old = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT name, role, scopes, rate_limit_per_minute,
+                    extract(epoch FROM expires_at - created_at) * 1e6
+               FROM tenant_guard.api_keys
+              WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+              FOR UPDATE",
+            Some(1),
+            &[key_id.into(), Uuid::from_bytes(org).into()],
+        )?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::SpiError>(None);
+        }
+        let r = t.first();
+        Ok(Some((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<String>(2)?.unwrap_or_default(),
+            r.get::<Vec<String>>(3)?.unwrap_or_default(),
+            r.get::<i32>(4)?.unwrap_or(600),
+            r.get::<pgrx::AnyNumeric>(5)?.map(|n| f64::try_from(n).unwrap_or(0.0) as i64),
+        )))
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+    let Some((name, role, scopes, rpm, lifetime_us)) = old else {
+        raise(PgSqlErrorCode::ERRCODE_NO_DATA, "no active API key with that id in this organization", None, None)
+    };
+    check_role(&role, my_rank);
+    let key = new_key();
+    let id = insert_key(org, &name, &key, &role, scopes, lifetime_us, rpm, user);
+    Spi::run_with_args(
+        "UPDATE tenant_guard.api_keys
+            SET expires_at = least(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $2::float8 / 1e6)),
+                rotated_to = $3
+          WHERE id = $1",
+        &[key_id.into(), grace_us.into(), id.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+    TableIterator::once((id, key))
+}
+
+/// Service role: adopt an existing SHA-256 key hash (64 hex digits or 32
+/// bytes) so keys issued by a previous system keep working unchanged.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn import_api_key_hash(
+    org_id: Uuid,
+    name: &str,
+    key_hash: &[u8],
+    role: default!(&str, "'member'"),
+    scopes: default!(Option<Vec<Option<String>>>, "'{}'"),
+    expires_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    rate_limit_per_minute: default!(i32, 600),
+    display_prefix: default!(Option<&str>, "NULL"),
+) -> Uuid {
+    if key_hash.len() != 32 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "key_hash must be the 32-byte SHA-256 of the key", None, None);
+    }
+    if roles::rank(role).is_none() {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", role.escape_default()), None, None);
+    }
+    let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
+    validate(name, &scopes, rate_limit_per_minute, None);
+    Spi::get_one_with_args::<Uuid>(
+        "INSERT INTO tenant_guard.api_keys (org_id, name, prefix, key_hash, role, scopes, rate_limit_per_minute, expires_at)
+         VALUES ($1, $2, coalesce($3, 'imported'), $4, $5, $6, $7, $8) RETURNING id",
+        &[
+            org_id.into(),
+            name.into(),
+            display_prefix.map(|p| p.chars().take(16).collect::<String>()).into(),
+            key_hash.into(),
+            role.into(),
+            scopes.into(),
+            rate_limit_per_minute.into(),
+            expires_at.into(),
+        ],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, format!("importing the key hash failed: {e}"), None, None))
+    .expect("RETURNING id")
+}

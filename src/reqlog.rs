@@ -1,0 +1,304 @@
+//! The request log: authenticate() queues each outcome in shared memory, and
+//! a background worker per database writes the queue to
+//! `tenant_guard.request_log` in its own transactions, so a failed attempt is
+//! recorded even when the caller's transaction rolls back. The same worker
+//! records `api_keys.last_used_at`, so authenticate() itself never writes.
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{PgLwLock, Uuid};
+use std::time::Duration;
+
+pub const QUEUE: usize = 4096;
+const WORKERS: usize = 16;
+const ACTION_MAX: usize = 64;
+const ADDR_MAX: usize = 48;
+/// A worker with no work for this long exits (so DROP DATABASE is not blocked for long).
+const IDLE_EXIT_US: i64 = 10_000_000;
+const STALE_US: i64 = 5_000_000;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    Ok = 1,
+    Invalid = 2,
+    Revoked = 3,
+    Expired = 4,
+    RateLimited = 5,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Invalid => "invalid",
+            Outcome::Revoked => "revoked",
+            Outcome::Expired => "expired",
+            Outcome::RateLimited => "rate_limited",
+        }
+    }
+    fn from_u8(v: u8) -> Outcome {
+        match v {
+            1 => Outcome::Ok,
+            3 => Outcome::Revoked,
+            4 => Outcome::Expired,
+            5 => Outcome::RateLimited,
+            _ => Outcome::Invalid,
+        }
+    }
+}
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct Entry {
+    used: bool,
+    outcome: u8,
+    has_org: bool,
+    has_key: bool,
+    action_len: u8,
+    addr_len: u8,
+    db: u32,
+    seq: u64,
+    at: i64,
+    org: [u8; 16],
+    key: [u8; 16],
+    action: [u8; ACTION_MAX],
+    addr: [u8; ADDR_MAX],
+}
+
+const EMPTY: Entry = Entry {
+    used: false,
+    outcome: 0,
+    has_org: false,
+    has_key: false,
+    action_len: 0,
+    addr_len: 0,
+    db: 0,
+    seq: 0,
+    at: 0,
+    org: [0; 16],
+    key: [0; 16],
+    action: [0; ACTION_MAX],
+    addr: [0; ADDR_MAX],
+};
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct Worker {
+    db: u32,
+    /// 0 free, 1 starting, 2 running
+    state: u8,
+    heartbeat: i64,
+}
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct LogState {
+    entries: [Entry; QUEUE],
+    workers: [Worker; WORKERS],
+    next_seq: u64,
+    dropped: u64,
+    cursor: usize,
+}
+
+unsafe impl PGRXSharedMemory for LogState {}
+
+impl LogState {
+    const fn new() -> LogState {
+        LogState {
+            entries: [EMPTY; QUEUE],
+            workers: [Worker { db: 0, state: 0, heartbeat: 0 }; WORKERS],
+            next_seq: 1,
+            dropped: 0,
+            cursor: 0,
+        }
+    }
+}
+
+static LOG: PgLwLock<LogState> = unsafe { PgLwLock::new(c"tenant_guard_request_log") };
+
+pub fn init() {
+    pgrx::pg_shmem_init!(LOG = LogState::new());
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Queue one outcome. Never writes a table; skipped on a hot standby.
+pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, action: Option<&str>, addr: Option<&str>) {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let now = crate::ratelimit::now_us();
+    let action = truncate(action.unwrap_or(""), ACTION_MAX);
+    let addr = truncate(addr.unwrap_or(""), ADDR_MAX);
+    let launch = {
+        let mut s = LOG.exclusive();
+        let start = s.cursor;
+        let slot = (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used);
+        match slot {
+            None => s.dropped += 1,
+            Some(i) => {
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                s.cursor = (i + 1) % QUEUE;
+                let e = &mut s.entries[i];
+                *e = EMPTY;
+                e.used = true;
+                e.outcome = outcome as u8;
+                e.db = db;
+                e.seq = seq;
+                e.at = now;
+                if let Some(o) = org {
+                    e.has_org = true;
+                    e.org = o;
+                }
+                if let Some(k) = key {
+                    e.has_key = true;
+                    e.key = k;
+                }
+                e.action[..action.len()].copy_from_slice(action.as_bytes());
+                e.action_len = action.len() as u8;
+                e.addr[..addr.len()].copy_from_slice(addr.as_bytes());
+                e.addr_len = addr.len() as u8;
+            }
+        }
+        claim_worker(&mut s, db, now)
+    };
+    if let Some(idx) = launch {
+        let started = BackgroundWorkerBuilder::new("tenant_guard request log writer")
+            .set_type("tenant_guard request log")
+            .set_library("tenant_guard")
+            .set_function("tenant_guard_request_log_main")
+            .set_argument(Some(pg_sys::Datum::from(((idx as u64) << 32) | db as u64)))
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            .load_dynamic()
+            .is_ok();
+        if !started {
+            LOG.exclusive().workers[idx].state = 0;
+            pgrx::warning!("tenant_guard: could not start the request-log writer (max_worker_processes?); entries stay queued");
+        }
+    }
+}
+
+/// Under the lock: is a live writer responsible for `db`? If not, reserve a
+/// worker slot and return it for the caller to launch.
+fn claim_worker(s: &mut LogState, db: u32, now: i64) -> Option<usize> {
+    let live = |w: &Worker| w.state != 0 && now - w.heartbeat < STALE_US;
+    if s.workers.iter().any(|w| w.db == db && live(w)) {
+        return None;
+    }
+    let idx = s.workers.iter().position(|w| !live(w))?;
+    s.workers[idx] = Worker { db, state: 1, heartbeat: now };
+    Some(idx)
+}
+
+/// Entries queued and not yet written, and entries dropped because the queue was full.
+#[pg_extern(volatile)]
+fn request_log_queue() -> TableIterator<'static, (name!(queued, i64), name!(dropped, i64))> {
+    let s = LOG.share();
+    let queued = s.entries.iter().filter(|e| e.used).count() as i64;
+    TableIterator::once((queued, s.dropped as i64))
+}
+
+struct Row {
+    seq: u64,
+    at: i64,
+    outcome: Outcome,
+    org: Option<[u8; 16]>,
+    key: Option<[u8; 16]>,
+    action: Option<String>,
+    addr: Option<String>,
+}
+
+fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
+    let mut s = LOG.exclusive();
+    let now = crate::ratelimit::now_us();
+    s.workers[slot].heartbeat = now;
+    s.workers[slot].state = 2;
+    let mut rows = Vec::new();
+    for e in s.entries.iter_mut().filter(|e| e.used && e.db == db) {
+        rows.push(Row {
+            seq: e.seq,
+            at: e.at,
+            outcome: Outcome::from_u8(e.outcome),
+            org: e.has_org.then_some(e.org),
+            key: e.has_key.then_some(e.key),
+            action: (e.action_len > 0).then(|| String::from_utf8_lossy(&e.action[..e.action_len as usize]).into_owned()),
+            addr: (e.addr_len > 0).then(|| String::from_utf8_lossy(&e.addr[..e.addr_len as usize]).into_owned()),
+        });
+        e.used = false;
+    }
+    // Exit decision taken under the same lock enqueuers use, so nothing is stranded.
+    let exit = rows.is_empty() && now - idle_since > IDLE_EXIT_US;
+    if exit {
+        s.workers[slot].state = 0;
+    }
+    rows.sort_by_key(|r| r.seq);
+    (rows, exit)
+}
+
+const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
+
+fn write_batch(rows: &[Row]) {
+    for r in rows {
+        let at = PG_EPOCH_UNIX_SECS + r.at as f64 / 1e6;
+        Spi::run_with_args(
+            "INSERT INTO tenant_guard.request_log (at, org_id, api_key_id, outcome, action, client_addr)
+             VALUES (to_timestamp($1), $2, $3, $4, $5, $6::inet)",
+            &[
+                at.into(),
+                r.org.map(Uuid::from_bytes).into(),
+                r.key.map(Uuid::from_bytes).into(),
+                r.outcome.as_str().into(),
+                r.action.clone().into(),
+                r.addr.clone().into(),
+            ],
+        )
+        .expect("insert into request_log");
+        if r.outcome == Outcome::Ok {
+            if let Some(k) = r.key {
+                Spi::run_with_args(
+                    "UPDATE tenant_guard.api_keys SET last_used_at = to_timestamp($2)
+                      WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < to_timestamp($2))",
+                    &[Uuid::from_bytes(k).into(), at.into()],
+                )
+                .expect("update last_used_at");
+            }
+        }
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
+    let arg = arg.value() as u64;
+    let slot = (arg >> 32) as usize;
+    let db = pg_sys::Oid::from(arg as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    let mut idle_since = crate::ratelimit::now_us();
+    loop {
+        let (rows, exit) = take_batch(slot, db.to_u32(), idle_since);
+        if !rows.is_empty() {
+            BackgroundWorker::transaction(|| write_batch(&rows));
+            idle_since = crate::ratelimit::now_us();
+        }
+        if exit || !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
+            break;
+        }
+    }
+    let mut s = LOG.exclusive();
+    if s.workers[slot].db == db.to_u32() {
+        s.workers[slot].state = 0;
+    }
+}

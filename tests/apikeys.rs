@@ -1,0 +1,354 @@
+//! Issue 4: API keys shown once and stored as SHA-256 only; authenticate()
+//! with scopes, rate limiting, and a request log that survives rollback.
+
+mod common;
+use common::*;
+use postgres::Client;
+use std::time::{Duration, Instant};
+use tenant_guard_harness::{cluster, full_error, sqlstate, Db};
+
+/// Create a key as `user` (a member of `org`); returns (key_id, plaintext).
+fn create_key(c: &mut Client, org: &str, user: &str, args: &str) -> (String, String) {
+    begin_as(c, org, user);
+    let r = rows(c, &format!("SELECT key_id, api_key FROM tenant_guard.create_api_key({args})"));
+    exec(c, "COMMIT");
+    (r[0][0].clone().unwrap(), r[0][1].clone().unwrap())
+}
+
+fn auth(c: &mut Client, key: &str) -> Result<String, postgres::Error> {
+    c.query_one("SELECT tenant_guard.authenticate($1, 'test')::text", &[&key]).map(|r| r.get(0))
+}
+
+/// Poll the request log (as the superuser) until `pred` holds, or time out.
+fn wait_for_log(db: &Db, sql: &str) -> String {
+    let mut dba = db.dba();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = val(&mut dba, sql).unwrap_or_default();
+        if v != "0" && !v.is_empty() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "request_log never showed: {sql}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn create_authenticate_and_context() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'ci', 'member', ARRAY['read','write']");
+    assert!(key.starts_with("tgk_") && key.len() == 50, "{key}");
+    exec(&mut app, "BEGIN");
+    assert_eq!(auth(&mut app, &key).unwrap(), w.org_a);
+    assert_eq!(val(&mut app, "SELECT tenant_guard.current_api_key_id()").unwrap(), id);
+    assert_eq!(val(&mut app, "SELECT tenant_guard.current_user_role()").unwrap(), "member");
+    assert_eq!(val(&mut app, "SELECT tenant_guard.current_user_id()"), None);
+    assert_eq!(val(&mut app, "SELECT tenant_guard.has_scope('write')").unwrap(), "t");
+    assert_eq!(val(&mut app, "SELECT tenant_guard.has_scope('admin')").unwrap(), "f");
+    assert_eq!(sqlstate(&app.simple_query("SELECT tenant_guard.require_scope('admin')")).as_deref(), Some("42501"));
+    exec(&mut app, "ROLLBACK; BEGIN");
+    auth(&mut app, &key).unwrap();
+    assert_eq!(val(&mut app, "SELECT count(*) FROM docs").unwrap(), "30", "RLS follows the key's org");
+    // An API key context cannot manage members.
+    let r = app.simple_query(&format!("SELECT tenant_guard.add_member('{STRANGER}', 'viewer')"));
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    exec(&mut app, "ROLLBACK");
+}
+
+#[test]
+fn only_the_hash_is_stored_and_it_is_sha256() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'deploy'");
+    exec(&mut app, "BEGIN");
+    auth(&mut app, &key).unwrap();
+    exec(&mut app, "COMMIT");
+    let _ = auth(&mut app, &format!("{key}x"));
+    let mut dba = db.dba();
+    let same: bool = dba
+        .query_one("SELECT key_hash = sha256(convert_to($1, 'UTF8')) FROM tenant_guard.api_keys WHERE id = $2::text::uuid", &[&key, &id])
+        .unwrap()
+        .get(0);
+    assert!(same, "stored hash is PostgreSQL's sha256() of the key");
+    assert_eq!(val(&mut dba, &format!("SELECT prefix FROM tenant_guard.api_keys WHERE id = '{id}'")).unwrap(), &key[..12]);
+    // Not in any table...
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log");
+    let everything = rows(
+        &mut dba,
+        "SELECT string_agg(t::text, ' ') FROM (SELECT k::text AS t FROM tenant_guard.api_keys k
+           UNION ALL SELECT l::text FROM tenant_guard.request_log l) s",
+    );
+    let everything = format!("{everything:?}");
+    assert!(!everything.contains(&key[4..]), "plaintext found in a table");
+    // ...nor in a dump.
+    let port = cluster().port.to_string();
+    let dump = cluster().run_tool("pg_dump", &["-h", "127.0.0.1", "-p", &port, "-U", "dba", "-d", &db.name]);
+    assert!(dump.contains(&key[..12]), "the dump holds the keys' rows (pg_extension_config_dump)");
+    assert!(!dump.contains(&key[4..]), "plaintext in pg_dump output");
+    // ...nor in the server log.
+    assert!(!cluster().server_log().contains(&key[4..]));
+}
+
+#[test]
+fn who_may_create_and_see_keys() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    let r = app.simple_query("SELECT * FROM tenant_guard.create_api_key('m')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "a member cannot create keys");
+    exec(&mut app, "ROLLBACK");
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    let r = app.simple_query("SELECT * FROM tenant_guard.create_api_key('o', 'owner')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "a key cannot outrank its creator");
+    exec(&mut app, "ROLLBACK");
+    for (args, code) in [("'', 'member'", "22023"), ("'x', 'god'", "22023"), ("'x', 'member', '{}', '90 days', 0", "22023"), ("'x', 'member', '{}', '-1 day'", "22023")] {
+        begin_as(&mut app, &w.org_a, ADMIN_A);
+        let r = app.simple_query(&format!("SELECT * FROM tenant_guard.create_api_key({args})"));
+        assert_eq!(sqlstate(&r).as_deref(), Some(code), "{args}: {}", full_error(&r));
+        exec(&mut app, "ROLLBACK");
+    }
+    create_key(&mut app, &w.org_a, ADMIN_A, "'a1', 'admin'");
+    create_key(&mut app, &w.org_b, OWNER_B, "'b1'");
+    // Admins list their own org's keys; nobody but the service role reads a hash.
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    assert_eq!(val(&mut app, "SELECT string_agg(name, ',') FROM tenant_guard.api_keys").unwrap(), "a1");
+    for q in ["SELECT key_hash FROM tenant_guard.api_keys", "SELECT * FROM tenant_guard.api_keys"] {
+        exec(&mut app, "SAVEPOINT s");
+        assert_eq!(sqlstate(&app.simple_query(q)).as_deref(), Some("42501"), "{q}");
+        exec(&mut app, "ROLLBACK TO SAVEPOINT s");
+    }
+    exec(&mut app, "ROLLBACK");
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    assert_eq!(val(&mut app, "SELECT count(*) FROM tenant_guard.api_keys").unwrap(), "0", "members do not list keys");
+    exec(&mut app, "ROLLBACK");
+    let mut svc = db.svc();
+    assert_eq!(val(&mut svc, "SELECT count(key_hash) FROM tenant_guard.api_keys").unwrap(), "2");
+}
+
+#[test]
+fn bad_keys_all_fail_alike() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (revoked_id, revoked) = create_key(&mut app, &w.org_a, ADMIN_A, "'r'");
+    let (expired_id, expired) = create_key(&mut app, &w.org_a, ADMIN_A, "'e'");
+    let (_, good) = create_key(&mut app, &w.org_a, ADMIN_A, "'g'");
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    exec(&mut app, &format!("SELECT tenant_guard.revoke_api_key('{revoked_id}')"));
+    exec(&mut app, "COMMIT");
+    db.dba().batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = now() - interval '1 second' WHERE id = '{expired_id}'")).unwrap();
+    let mut tampered = good.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'a' { b'b' } else { b'a' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    // A well-formed key with a valid checksum that was never issued.
+    let never_issued = {
+        let mut d = db.dba();
+        // Make one through the real generator, then delete it.
+        exec(&mut d, "BEGIN");
+        let k = create_key(&mut app, &w.org_a, ADMIN_A, "'tmp'");
+        exec(&mut d, &format!("DELETE FROM tenant_guard.api_keys WHERE id = '{}'", k.0));
+        exec(&mut d, "COMMIT");
+        k.1
+    };
+    let cases = [
+        ("revoked", revoked.as_str()),
+        ("expired", expired.as_str()),
+        ("tampered", tampered.as_str()),
+        ("truncated", &good[..good.len() - 3]),
+        ("empty", ""),
+        ("foreign prefix", "ghp_0123456789abcdefghijABCDEFGHIJ012345"),
+        ("never issued", never_issued.as_str()),
+        ("huge", &"tgk_".repeat(1000)),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (what, key) in cases {
+        let r = auth(&mut app, key);
+        assert_eq!(sqlstate(&r).as_deref(), Some("28000"), "{what}");
+        seen.insert(full_error(&r));
+        let leaked = !key.is_empty() && full_error(&r).contains(key);
+        assert!(!leaked, "{what}: key echoed");
+    }
+    let r = app.query_one("SELECT tenant_guard.authenticate(NULL)::text", &[]);
+    assert_eq!(sqlstate(&r).as_deref(), Some("28000"));
+    seen.insert(full_error(&r));
+    assert_eq!(seen.len(), 1, "one generic error for every failure: {seen:?}");
+    assert!(auth(&mut app, &good).is_ok());
+    // The log tells them apart for the org's admins.
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'revoked'");
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'expired'");
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'invalid'");
+}
+
+#[test]
+fn rotation_keeps_the_old_key_until_the_grace_ends() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (old_id, old) = create_key(&mut app, &w.org_a, ADMIN_A, "'svc', 'member', ARRAY['read']");
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    let r = rows(&mut app, &format!("SELECT key_id, api_key FROM tenant_guard.rotate_api_key('{old_id}', '1 hour')"));
+    exec(&mut app, "COMMIT");
+    let (new_id, new) = (r[0][0].clone().unwrap(), r[0][1].clone().unwrap());
+    assert_ne!(new, old);
+    exec(&mut app, "BEGIN");
+    auth(&mut app, &new).unwrap();
+    assert_eq!(val(&mut app, "SELECT tenant_guard.has_scope('read')").unwrap(), "t", "scopes carried over");
+    exec(&mut app, "COMMIT");
+    assert!(auth(&mut app, &old).is_ok(), "old key works during the grace period");
+    // The grace period ends.
+    db.dba().batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = now() - interval '1 second' WHERE id = '{old_id}'")).unwrap();
+    assert_eq!(sqlstate(&auth(&mut app, &old)).as_deref(), Some("28000"));
+    assert!(auth(&mut app, &new).is_ok());
+    let mut dba = db.dba();
+    assert_eq!(val(&mut dba, &format!("SELECT rotated_to FROM tenant_guard.api_keys WHERE id = '{old_id}'")).unwrap(), new_id);
+    // Zero grace: the old key stops at once. Another org's key cannot be rotated.
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    let r = rows(&mut app, &format!("SELECT api_key FROM tenant_guard.rotate_api_key('{new_id}', '0')"));
+    exec(&mut app, "COMMIT");
+    assert!(auth(&mut app, &r[0][0].clone().unwrap()).is_ok());
+    assert_eq!(sqlstate(&auth(&mut app, &new)).as_deref(), Some("28000"));
+    begin_as(&mut app, &w.org_b, OWNER_B);
+    let r = app.simple_query(&format!("SELECT * FROM tenant_guard.rotate_api_key('{old_id}')"));
+    assert_eq!(sqlstate(&r).as_deref(), Some("02000"));
+    exec(&mut app, "ROLLBACK");
+}
+
+#[test]
+fn rate_limit_is_exact_under_concurrency() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'limited', 'member', '{}', '1 day', 10");
+    let clients = 4;
+    let per_client = 12;
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut c = db.app();
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                let mut limited = 0;
+                for _ in 0..per_client {
+                    match auth(&mut c, &key) {
+                        Ok(_) => ok += 1,
+                        Err(e) => {
+                            let db_err = e.as_db_error().expect("db error");
+                            assert_eq!(db_err.code().code(), "53400");
+                            assert!(db_err.detail().unwrap_or("").starts_with("retry_after_ms="), "{:?}", db_err.detail());
+                            limited += 1;
+                        }
+                    }
+                }
+                (ok, limited)
+            })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for h in handles {
+        let (o, l) = h.join().unwrap();
+        ok += o;
+        limited += l;
+    }
+    // 10 per minute, all usable at once: exactly 10 of 48 pass within the test's few seconds.
+    assert_eq!(ok, 10, "admitted");
+    assert_eq!(limited, clients * per_client - 10);
+    wait_for_log(&db, "SELECT count(*) >= 38 FROM tenant_guard.request_log WHERE outcome = 'rate_limited'");
+}
+
+#[test]
+fn failed_attempt_in_a_rolled_back_transaction_is_logged() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    exec(&mut app, "BEGIN");
+    let r = app.query_one("SELECT tenant_guard.authenticate('tgk_nope', 'login-in-rolled-back-tx', '203.0.113.9')::text", &[]);
+    assert_eq!(sqlstate(&r).as_deref(), Some("28000"));
+    exec(&mut app, "ROLLBACK");
+    let n = wait_for_log(
+        &db,
+        "SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'invalid' AND action = 'login-in-rolled-back-tx' AND client_addr = '203.0.113.9'",
+    );
+    assert_eq!(n, "1");
+    // A success inside a rolled-back transaction is logged too, and updates last_used_at.
+    let (id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    exec(&mut app, "BEGIN");
+    auth(&mut app, &key).unwrap();
+    exec(&mut app, "ROLLBACK");
+    wait_for_log(&db, &format!("SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'ok' AND api_key_id = '{id}'"));
+    wait_for_log(&db, &format!("SELECT count(*) FROM tenant_guard.api_keys WHERE id = '{id}' AND last_used_at IS NOT NULL"));
+    // Admins of the org read its log; others do not.
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    assert_eq!(val(&mut app, "SELECT count(*) FROM tenant_guard.request_log WHERE org_id IS DISTINCT FROM tenant_guard.current_org_id()").unwrap(), "0");
+    assert_eq!(val(&mut app, "SELECT count(*) > 0 FROM tenant_guard.request_log").unwrap(), "t");
+    exec(&mut app, "COMMIT");
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    assert_eq!(val(&mut app, "SELECT count(*) FROM tenant_guard.request_log").unwrap(), "0");
+    exec(&mut app, "COMMIT");
+    // Purging is the service role's.
+    assert_eq!(sqlstate(&app.simple_query("SELECT tenant_guard.purge_request_log('0')")).as_deref(), Some("42501"));
+    let mut svc = db.svc();
+    assert_ne!(val(&mut svc, "SELECT tenant_guard.purge_request_log('0')").unwrap(), "0");
+}
+
+#[test]
+fn import_existing_hashes() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let legacy = "sk_live_legacy-system-key-123456";
+    let mut app = db.app();
+    let r = app.simple_query(&format!(
+        "SELECT tenant_guard.import_api_key_hash('{}', 'legacy', sha256('{legacy}'::bytea))",
+        w.org_a
+    ));
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "service role only");
+    let mut svc = db.svc();
+    exec(
+        &mut svc,
+        &format!(
+            "SELECT tenant_guard.import_api_key_hash('{}', 'legacy', sha256('{legacy}'::bytea), 'viewer', ARRAY['read'], now() + interval '1 day', 100, 'sk_live_leg')",
+            w.org_a
+        ),
+    );
+    let r = svc.simple_query(&format!("SELECT tenant_guard.import_api_key_hash('{}', 'short', '\\x0102')", w.org_a));
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    exec(&mut app, "BEGIN");
+    assert_eq!(auth(&mut app, legacy).unwrap(), w.org_a);
+    assert_eq!(val(&mut app, "SELECT tenant_guard.current_user_role()").unwrap(), "viewer");
+    exec(&mut app, "COMMIT");
+    assert_eq!(sqlstate(&auth(&mut app, "sk_live_legacy-system-key-123457")).as_deref(), Some("28000"));
+}
+
+#[test]
+fn general_rate_limit() {
+    let db = cluster().fresh_db();
+    let mut app = db.app();
+    let got: Vec<bool> = (0..5)
+        .map(|_| val(&mut app, "SELECT tenant_guard.rate_limit('login:alice', 1, '1 minute', 2)").unwrap() == "t")
+        .collect();
+    assert_eq!(got, vec![true, true, true, false, false]);
+    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('login:bob', 1, '1 minute', 2)").unwrap(), "t");
+    let r = app.simple_query("SELECT tenant_guard.rate_limit('x', 0, '1 minute')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    let r = app.simple_query("SELECT tenant_guard.rate_limit('x', 1, '0')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+}
+
+#[test]
+fn authenticate_works_on_a_hot_standby() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'ro'");
+    let standby = cluster().start_standby();
+    let mut s = standby.connect(&db.name, "app");
+    assert_eq!(val(&mut s, "SELECT pg_is_in_recovery()").unwrap(), "t");
+    exec(&mut s, "BEGIN");
+    assert_eq!(auth(&mut s, &key).unwrap(), w.org_a);
+    assert_eq!(val(&mut s, "SELECT count(*) FROM docs").unwrap(), "30");
+    exec(&mut s, "COMMIT");
+    assert_eq!(sqlstate(&auth(&mut s, "tgk_bad")).as_deref(), Some("28000"));
+}
