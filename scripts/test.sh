@@ -4,6 +4,7 @@
 # against a throwaway cluster with the extension preloaded.
 # Usage: scripts/test.sh        (as root or a sudoer, on Debian 12)
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
@@ -12,13 +13,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tenant_guard-target}"
 mkdir -p "$CARGO_TARGET_DIR"
 export PG_CONFIG=/usr/bin/pg_config
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 echo "== 1/3 pure-Rust unit tests"
-cargo test --lib
+cargo test --lib 2>&1 | tee -a "$log"
 
 echo "== 2/3 in-database tests (cargo pgrx test)"
 pgdata=/tmp/tenant_guard_pgrx_test
 rm -rf "$pgdata"
-cargo pgrx test pg15 --runas postgres --pgdata "$pgdata" -p tenant_guard
+cargo pgrx test pg15 --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
 
 echo "== 3/3 black-box tests against a real cluster"
 # Install the regular (non-test) build into the system PostgreSQL.
@@ -27,4 +31,8 @@ if [ "$(id -u)" -eq 0 ]; then
 else
     cargo pgrx install --pg-config "$PG_CONFIG" --sudo
 fi
-cargo test -p tenant_guard_harness --tests -- --test-threads=4
+cargo test -p tenant_guard_harness --tests -- --test-threads=4 2>&1 | tee -a "$log"
+
+# One closing line for all three layers.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "all layers: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"

@@ -66,3 +66,17 @@ CREATE TABLE tenant_guard.request_log (
 );
 CREATE INDEX request_log_org_at_idx ON tenant_guard.request_log (org_id, at);
 CREATE INDEX request_log_at_idx ON tenant_guard.request_log (at);
+
+-- Secrets at rest: only the envelope (see README "Secrets at rest") is stored.
+CREATE TABLE tenant_guard.secrets (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    org_id uuid NOT NULL REFERENCES tenant_guard.organizations (id) ON DELETE CASCADE,
+    kind text NOT NULL CHECK (length(kind) BETWEEN 1 AND 100),
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 500),
+    ciphertext bytea NOT NULL CHECK (length(ciphertext) >= 33 AND get_byte(ciphertext, 0) = 1),
+    key_id bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org_id, kind, name)
+);
+CREATE INDEX secrets_key_id_idx ON tenant_guard.secrets (key_id);

@@ -22,6 +22,11 @@ ALTER TABLE tenant_guard.request_log FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_guard_select ON tenant_guard.request_log
     FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
 
+ALTER TABLE tenant_guard.secrets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.secrets FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_guard_select ON tenant_guard.secrets
+    FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
+
 -- BYPASSRLS is a role attribute and is not inherited by the members of
 -- tenant_guard_service; these policies give its members read access to
 -- tenant_guard's own tables without SET ROLE.
@@ -29,6 +34,7 @@ CREATE POLICY tenant_guard_service_read ON tenant_guard.organizations FOR SELECT
 CREATE POLICY tenant_guard_service_read ON tenant_guard.memberships FOR SELECT TO tenant_guard_service USING (true);
 CREATE POLICY tenant_guard_service_read ON tenant_guard.api_keys FOR SELECT TO tenant_guard_service USING (true);
 CREATE POLICY tenant_guard_service_read ON tenant_guard.request_log FOR SELECT TO tenant_guard_service USING (true);
+CREATE POLICY tenant_guard_service_read ON tenant_guard.secrets FOR SELECT TO tenant_guard_service USING (true);
 
 ---------------------------------------------------------------- API keys
 CREATE FUNCTION tenant_guard.revoke_api_key(key_id uuid)
@@ -68,6 +74,32 @@ RETURNS boolean
 LANGUAGE sql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT tenant_guard._rate_limit(bucket, per_period, (extract(epoch FROM period) * 1000000)::bigint, burst) $$;
+
+---------------------------------------------------------------- secrets
+-- Migration from pgcrypto: decrypt rows of `source` (columns org_id uuid,
+-- kind text, name text, ciphertext bytea made by pgp_sym_encrypt) with the
+-- old key and store each under tenant_guard's envelope. Runs with the
+-- caller's rights (it must be able to read `source`); service role only.
+CREATE FUNCTION tenant_guard.import_pgcrypto_secrets(source regclass, pgp_key text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pgcrypto_schema name;
+    n bigint;
+BEGIN
+    SELECT e.extnamespace::regnamespace::name INTO pgcrypto_schema FROM pg_extension e WHERE e.extname = 'pgcrypto';
+    IF pgcrypto_schema IS NULL THEN
+        RAISE EXCEPTION 'pgcrypto is not installed in this database' USING ERRCODE = '55000';
+    END IF;
+    EXECUTE format(
+        'SELECT count(tenant_guard.put_secret_for(s.org_id, s.kind, s.name, %I.pgp_sym_decrypt(s.ciphertext, $1))) FROM %s s',
+        pgcrypto_schema, source)
+    INTO n USING pgp_key;
+    RETURN n;
+END
+$$;
 
 ---------------------------------------------------------------- organizations
 CREATE FUNCTION tenant_guard.create_organization(name text, owner_user_id uuid)
@@ -257,20 +289,22 @@ BEGIN
         EXECUTE format('DROP POLICY IF EXISTS tenant_guard_insert ON %s', r.relid::regclass);
         EXECUTE format('DROP POLICY IF EXISTS tenant_guard_update ON %s', r.relid::regclass);
         EXECUTE format('DROP POLICY IF EXISTS tenant_guard_delete ON %s', r.relid::regclass);
-        -- Restrictive: no other (permissive) policy can widen access beyond the org.
-        EXECUTE format('CREATE POLICY tenant_guard_isolation ON %s AS RESTRICTIVE FOR ALL USING (%I = tenant_guard.current_org_id()) WITH CHECK (%I = tenant_guard.current_org_id())',
-                       r.relid::regclass, org_column, org_column);
-        -- Per command: the org again (identical expression, so the planner merges it
-        -- with the one above) and a role check without column references, which the
-        -- planner evaluates once per scan instead of once per row.
-        EXECUTE format('CREATE POLICY tenant_guard_select ON %s FOR SELECT USING (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
+        -- One RESTRICTIVE policy per command carries the whole rule, so no
+        -- other policy can widen access beyond the org and role; the single
+        -- PERMISSIVE policy is just `true` (RLS needs one to grant anything).
+        -- `org = current_org_id_if(role)` is one stable expression: an index
+        -- condition evaluated once per scan, not a per-row filter.
+        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_allow ON %s', r.relid::regclass);
+        EXECUTE format('CREATE POLICY tenant_guard_select ON %s AS RESTRICTIVE FOR SELECT USING (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, read_role);
-        EXECUTE format('CREATE POLICY tenant_guard_insert ON %s FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_insert ON %s AS RESTRICTIVE FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, write_role);
-        EXECUTE format('CREATE POLICY tenant_guard_update ON %s FOR UPDATE USING (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L)) WITH CHECK (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_update ON %s AS RESTRICTIVE FOR UPDATE USING (%I = tenant_guard.current_org_id_if(%L)) WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, write_role, org_column, write_role);
-        EXECUTE format('CREATE POLICY tenant_guard_delete ON %s FOR DELETE USING (%I = tenant_guard.current_org_id() AND tenant_guard.has_role(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_delete ON %s AS RESTRICTIVE FOR DELETE USING (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, delete_role);
+        EXECUTE format('CREATE POLICY tenant_guard_allow ON %s AS PERMISSIVE FOR ALL USING (true) WITH CHECK (true)',
+                       r.relid::regclass);
     END LOOP;
 
     SELECT EXISTS (
@@ -294,7 +328,7 @@ DECLARE
     p text;
 BEGIN
     FOR r IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
-        FOREACH p IN ARRAY ARRAY['isolation', 'select', 'insert', 'update', 'delete'] LOOP
+        FOREACH p IN ARRAY ARRAY['isolation', 'allow', 'select', 'insert', 'update', 'delete'] LOOP
             EXECUTE format('DROP POLICY IF EXISTS %I ON %s', 'tenant_guard_' || p, r.relid::regclass);
         END LOOP;
         EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', r.relid::regclass);
@@ -353,6 +387,7 @@ SELECT pg_catalog.pg_extension_config_dump('tenant_guard.memberships', '');
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.api_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log', '');
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.secrets', '');
 
 ---------------------------------------------------------------- grants
 -- Everything starts closed; each role gets what it needs.
@@ -376,8 +411,13 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard._org_column_check(regclass, name),
     tenant_guard.authenticate(text, text, inet), tenant_guard.create_api_key(text, text, text[], interval, int),
     tenant_guard.rotate_api_key(uuid, interval), tenant_guard.revoke_api_key(uuid),
-    tenant_guard.rate_limit(text, int, interval, int), tenant_guard._rate_limit(text, int, bigint, int)
+    tenant_guard.rate_limit(text, int, interval, int), tenant_guard._rate_limit(text, int, bigint, int),
+    tenant_guard.put_secret(text, text, text), tenant_guard.delete_secret(text, text),
+    tenant_guard.put_wordpress_credentials(text, text, text)
 TO PUBLIC;
+
+-- Secrets: org admins list metadata (RLS); the ciphertext column is not granted to PUBLIC.
+GRANT SELECT (id, org_id, kind, name, key_id, created_at, updated_at) ON tenant_guard.secrets TO PUBLIC;
 
 -- API keys: org admins list their own (RLS); the hash column is never granted to PUBLIC.
 GRANT SELECT (id, org_id, name, prefix, role, scopes, rate_limit_per_minute, expires_at, revoked_at,
@@ -389,6 +429,10 @@ GRANT SELECT ON tenant_guard.request_log TO PUBLIC;    -- rows filtered by RLS (
 GRANT EXECUTE ON FUNCTION
     tenant_guard.assume(uuid, uuid), tenant_guard.create_organization(text, uuid),
     tenant_guard.import_api_key_hash(uuid, text, bytea, text, text[], timestamptz, int, text),
-    tenant_guard.purge_request_log(interval), tenant_guard.request_log_queue()
+    tenant_guard.purge_request_log(interval), tenant_guard.request_log_queue(),
+    tenant_guard.encrypt(bytea, bytea), tenant_guard.decrypt(bytea, bytea),
+    tenant_guard.get_secret(uuid, text, text), tenant_guard.put_secret_for(uuid, text, text, text),
+    tenant_guard.get_wordpress_credentials(uuid, text), tenant_guard.wordpress_authorization(uuid, text),
+    tenant_guard.rotate_secrets(int), tenant_guard.import_pgcrypto_secrets(regclass, text)
 TO tenant_guard_service;
-GRANT SELECT ON tenant_guard.api_keys, tenant_guard.request_log TO tenant_guard_service;
+GRANT SELECT ON tenant_guard.api_keys, tenant_guard.request_log, tenant_guard.secrets TO tenant_guard_service;

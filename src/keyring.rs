@@ -11,6 +11,24 @@ use std::rc::Rc;
 
 thread_local! {
     static CURRENT: RefCell<Option<(u64, Rc<KeySet>)>> = const { RefCell::new(None) };
+    static OLD: RefCell<Option<(u64, Vec<Rc<KeySet>>)>> = const { RefCell::new(None) };
+}
+
+/// Key sets derived from `tenant_guard.old_passphrases` (for decryption
+/// during rotation). Entries that are too short are skipped.
+pub fn old() -> Vec<Rc<KeySet>> {
+    let gen = gucs::key_generation();
+    if let Some(v) = OLD.with(|c| c.borrow().as_ref().filter(|(g, _)| *g == gen).map(|(_, v)| v.clone())) {
+        return v;
+    }
+    let list = unsafe { gucs::raw_value(&gucs::OLD_PASSPHRASES) }.unwrap_or(b"");
+    let v: Vec<Rc<KeySet>> = crate::keys::split_old_passphrases(list)
+        .iter()
+        .filter_map(|p| KeySet::derive(p).ok())
+        .map(Rc::new)
+        .collect();
+    OLD.with(|c| *c.borrow_mut() = Some((gen, v.clone())));
+    v
 }
 
 /// The keys derived from `tenant_guard.passphrase`; raises a clear error when

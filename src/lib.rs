@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 pub mod apikey;
+pub mod envelope;
 pub mod gcra;
 pub mod jwt;
 pub mod keys;
@@ -19,6 +20,7 @@ mod gucs;
 mod keyring;
 mod ratelimit;
 mod reqlog;
+mod secrets;
 
 ::pgrx::pg_module_magic!();
 

@@ -250,31 +250,38 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
 const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
 
 fn write_batch(rows: &[Row]) {
-    for r in rows {
-        let at = PG_EPOCH_UNIX_SECS + r.at as f64 / 1e6;
-        Spi::run_with_args(
-            "INSERT INTO tenant_guard.request_log (at, org_id, api_key_id, outcome, action, client_addr)
-             VALUES (to_timestamp($1), $2, $3, $4, $5, $6::inet)",
-            &[
-                at.into(),
-                r.org.map(Uuid::from_bytes).into(),
-                r.key.map(Uuid::from_bytes).into(),
-                r.outcome.as_str().into(),
-                r.action.clone().into(),
-                r.addr.clone().into(),
-            ],
-        )
-        .expect("insert into request_log");
-        if r.outcome == Outcome::Ok {
-            if let Some(k) = r.key {
-                Spi::run_with_args(
-                    "UPDATE tenant_guard.api_keys SET last_used_at = to_timestamp($2)
-                      WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < to_timestamp($2))",
-                    &[Uuid::from_bytes(k).into(), at.into()],
-                )
-                .expect("update last_used_at");
-            }
+    let at: Vec<f64> = rows.iter().map(|r| PG_EPOCH_UNIX_SECS + r.at as f64 / 1e6).collect();
+    let org: Vec<Option<Uuid>> = rows.iter().map(|r| r.org.map(Uuid::from_bytes)).collect();
+    let key: Vec<Option<Uuid>> = rows.iter().map(|r| r.key.map(Uuid::from_bytes)).collect();
+    let outcome: Vec<String> = rows.iter().map(|r| r.outcome.as_str().to_string()).collect();
+    let action: Vec<Option<String>> = rows.iter().map(|r| r.action.clone()).collect();
+    let addr: Vec<Option<String>> = rows.iter().map(|r| r.addr.clone()).collect();
+    Spi::run_with_args(
+        "INSERT INTO tenant_guard.request_log (at, org_id, api_key_id, outcome, action, client_addr)
+         SELECT to_timestamp(u.at), u.org, u.key, u.outcome, u.action, u.addr::inet
+           FROM unnest($1::float8[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+                AS u(at, org, key, outcome, action, addr)",
+        &[at.clone().into(), org.into(), key.into(), outcome.into(), action.into(), addr.into()],
+    )
+    .expect("insert into request_log");
+    // last_used_at: the latest successful use per key.
+    let mut last: std::collections::HashMap<[u8; 16], f64> = std::collections::HashMap::new();
+    for (r, t) in rows.iter().zip(&at) {
+        if let (Outcome::Ok, Some(k)) = (r.outcome, r.key) {
+            let e = last.entry(k).or_insert(*t);
+            *e = e.max(*t);
         }
+    }
+    if !last.is_empty() {
+        let ids: Vec<Uuid> = last.keys().map(|k| Uuid::from_bytes(*k)).collect();
+        let ts: Vec<f64> = last.values().copied().collect();
+        Spi::run_with_args(
+            "UPDATE tenant_guard.api_keys k SET last_used_at = to_timestamp(u.t)
+               FROM unnest($1::uuid[], $2::float8[]) AS u(id, t)
+              WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))",
+            &[ids.into(), ts.into()],
+        )
+        .expect("update last_used_at");
     }
 }
 

@@ -556,3 +556,25 @@ fn roles_table_matches_the_code() {
     let r = app.simple_query("INSERT INTO tenant_guard.roles VALUES ('god', 99)");
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
 }
+
+#[test]
+fn protect_cannot_be_widened_and_costs_one_check_per_scan() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut dba = db.dba();
+    // A careless extra permissive policy does not open other orgs' rows.
+    exec(&mut dba, "CREATE POLICY oops ON docs FOR SELECT USING (true)");
+    let mut app = db.app();
+    begin_as(&mut app, &w.org_a, VIEWER_A);
+    assert_eq!(val(&mut app, "SELECT count(*) FROM docs").unwrap(), "30");
+    // The org-and-role check is an index condition, not a per-row filter.
+    exec(&mut app, "SET LOCAL enable_seqscan = off");
+    let plan = rows(&mut app, "EXPLAIN (COSTS OFF) SELECT count(*) FROM docs")
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("Index Cond: (org_id = tenant_guard.current_org_id_if('viewer'::text))"), "{plan}");
+    assert!(!plan.contains("Filter"), "{plan}");
+    exec(&mut app, "COMMIT");
+}

@@ -24,6 +24,8 @@ pub const JWT_SECRET: &str = "harness-jwt-secret-5e8a1d3c7b9f2e4a6c0d8b1f3a5e7c9
 
 pub struct Options {
     pub preload: bool,
+    /// Create the extension in template1 and the login roles dba/svc/app use.
+    pub bootstrap: bool,
     pub passphrase: String,
     pub jwt_secret: String,
     /// Extra lines for postgresql.conf.
@@ -32,7 +34,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { preload: true, passphrase: PASSPHRASE.into(), jwt_secret: JWT_SECRET.into(), extra_conf: vec![] }
+        Options { preload: true, bootstrap: true, passphrase: PASSPHRASE.into(), jwt_secret: JWT_SECRET.into(), extra_conf: vec![] }
     }
 }
 
@@ -185,7 +187,7 @@ impl Cluster {
             panic!("pg_ctl start failed:\n{}\n{log}", String::from_utf8_lossy(&out.stderr));
         }
         let c = Cluster { port, datadir, bindir, dbs: AtomicUsize::new(0) };
-        if opts.preload {
+        if opts.preload && opts.bootstrap {
             let mut dba = c.connect("template1", "dba");
             dba.batch_execute(
                 "CREATE EXTENSION tenant_guard;

@@ -1,0 +1,264 @@
+//! Secrets at rest: integration secrets and WordPress application passwords
+//! encrypted with AES-256-GCM (see envelope.rs) under the `secrets` subkey,
+//! bound to (org, kind, name), re-encryptable after a passphrase rotation.
+
+use crate::envelope::{self, EnvelopeError};
+use crate::error::raise;
+use crate::keyring;
+use crate::keys::{KeySet, Purpose};
+use crate::{context, roles};
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, Uuid};
+use std::rc::Rc;
+
+const MAX_SECRET_LEN: usize = 64 * 1024;
+
+fn fail(e: EnvelopeError) -> ! {
+    let code = match e {
+        EnvelopeError::Random => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+    };
+    raise(code, format!("cannot decrypt: {e}"), None, None)
+}
+
+/// The key set whose id the envelope names: the current one or one derived
+/// from `tenant_guard.old_passphrases`.
+fn key_for(envelope_bytes: &[u8]) -> Rc<KeySet> {
+    let id = envelope::key_id(envelope_bytes).unwrap_or_else(|e| fail(e));
+    let current = keyring::current();
+    if current.key_id() == id {
+        return current;
+    }
+    keyring::old().into_iter().find(|k| k.key_id() == id).unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("cannot decrypt: no configured passphrase has key id {id:08x}"),
+            None,
+            Some("If the passphrase was rotated, list the previous one in tenant_guard.old_passphrases and reload."),
+        )
+    })
+}
+
+pub fn seal(plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let k = keyring::current();
+    envelope::seal(k.subkey(Purpose::Secrets), k.key_id(), plaintext, aad).unwrap_or_else(|e| fail(e))
+}
+
+pub fn open(envelope_bytes: &[u8], aad: &[u8]) -> Vec<u8> {
+    let k = key_for(envelope_bytes);
+    envelope::open(k.subkey(Purpose::Secrets), envelope_bytes, aad).unwrap_or_else(|e| fail(e))
+}
+
+/// Service role only: encrypt arbitrary bytes under the current key, bound to `aad`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn encrypt(plaintext: &[u8], aad: default!(&[u8], "''")) -> Vec<u8> {
+    seal(plaintext, aad)
+}
+
+/// Service role only: decrypt an envelope made by encrypt() with the same `aad`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn decrypt(ciphertext: &[u8], aad: default!(&[u8], "''")) -> Vec<u8> {
+    open(ciphertext, aad)
+}
+
+fn check_kind_name(kind: &str, name: &str) {
+    if kind.is_empty() || kind.len() > 100 || name.is_empty() || name.len() > 500 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "kind must be 1-100 and name 1-500 characters", None, None);
+    }
+}
+
+/// Encrypt and upsert one secret of `org`. Plaintext is encrypted here,
+/// before any write; only the envelope reaches the table.
+pub fn store(org: [u8; 16], kind: &str, name: &str, secret: &[u8]) -> Uuid {
+    check_kind_name(kind, name);
+    if secret.len() > MAX_SECRET_LEN {
+        raise(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("a secret may be at most {MAX_SECRET_LEN} bytes"), None, None);
+    }
+    let ct = seal(secret, &envelope::secret_aad(&org, kind, name));
+    let key_id = envelope::key_id(&ct).expect("fresh envelope") as i64;
+    Spi::get_one_with_args::<Uuid>(
+        "INSERT INTO tenant_guard.secrets (org_id, kind, name, ciphertext, key_id)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (org_id, kind, name) DO UPDATE
+            SET ciphertext = excluded.ciphertext, key_id = excluded.key_id, updated_at = now()
+         RETURNING id",
+        &[Uuid::from_bytes(org).into(), kind.into(), name.into(), ct.into(), key_id.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("storing the secret failed: {e}"), None, None))
+    .expect("RETURNING id")
+}
+
+/// Fetch and decrypt one secret, or None.
+pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
+    let ct = Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT ciphertext FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3",
+        &[Uuid::from_bytes(org).into(), kind.into(), name.into()],
+    )
+    .unwrap_or(None)?;
+    Some(open(&ct, &envelope::secret_aad(&org, kind, name)))
+}
+
+fn admin_org() -> [u8; 16] {
+    context::with_claims(|c| (roles::rank(&c.role).unwrap_or(0) >= roles::rank("admin").unwrap()).then_some(c.org_id))
+        .flatten()
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing secrets needs role admin or higher", None, None))
+}
+
+/// Store (or replace) a secret of the current org; admin or higher.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn put_secret(kind: &str, name: &str, secret: &str) -> Uuid {
+    store(admin_org(), kind, name, secret.as_bytes())
+}
+
+/// Service role only: store a secret for any org (e.g. tokens your backend obtained).
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn put_secret_for(org_id: Uuid, kind: &str, name: &str, secret: &str) -> Uuid {
+    store(*org_id.as_bytes(), kind, name, secret.as_bytes())
+}
+
+/// Service role only: the plaintext of a secret, or NULL when there is none.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn get_secret(org_id: Uuid, kind: &str, name: &str) -> Option<String> {
+    load(*org_id.as_bytes(), kind, name).map(|b| {
+        String::from_utf8(b).unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "the secret is not valid UTF-8", None, None))
+    })
+}
+
+/// Delete a secret of the current org; admin or higher. True if one was deleted.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn delete_secret(kind: &str, name: &str) -> bool {
+    let org = admin_org();
+    Spi::get_one_with_args::<bool>(
+        "WITH d AS (DELETE FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3 RETURNING 1)
+         SELECT count(*) > 0 FROM d",
+        &[Uuid::from_bytes(org).into(), kind.into(), name.into()],
+    )
+    .unwrap_or(Some(false))
+    .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------- WordPress
+
+const WP_KIND: &str = "wordpress";
+
+/// Canonical site URL: https only, lower-case scheme and host, no trailing slash.
+fn normalize_site(url: &str) -> String {
+    let u = url.trim();
+    let Some(rest) = u.strip_prefix("https://").or_else(|| u.strip_prefix("HTTPS://")) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "site_url must start with https://",
+            Some("WordPress only accepts application passwords over HTTPS."),
+            None,
+        )
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if host.is_empty() || host.contains(['@', ' ']) {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "site_url has no valid host", None, None);
+    }
+    format!("https://{}{}", host.to_ascii_lowercase(), path.trim_end_matches('/'))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WpCreds {
+    username: String,
+    app_password: String,
+}
+
+fn wp_load(org_id: Uuid, site_url: &str) -> Option<WpCreds> {
+    let bytes = load(*org_id.as_bytes(), WP_KIND, &normalize_site(site_url))?;
+    Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "stored WordPress credentials are malformed", None, None)))
+}
+
+/// Store the WordPress application password of a site for the current org
+/// (admin or higher). Username and password are encrypted together.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn put_wordpress_credentials(site_url: &str, username: &str, app_password: &str) -> Uuid {
+    let org = admin_org();
+    if username.is_empty() || username.contains(':') {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "username must be non-empty and contain no ':'", None, None);
+    }
+    if app_password.trim().is_empty() {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "app_password must not be empty", None, None);
+    }
+    let json = serde_json::to_vec(&WpCreds { username: username.into(), app_password: app_password.into() }).expect("json");
+    store(org, WP_KIND, &normalize_site(site_url), &json)
+}
+
+/// Service role only.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn get_wordpress_credentials(
+    org_id: Uuid,
+    site_url: &str,
+) -> TableIterator<'static, (name!(username, String), name!(app_password, String))> {
+    TableIterator::new(wp_load(org_id, site_url).map(|c| (c.username, c.app_password)))
+}
+
+/// Service role only: the ready `Authorization` header value for the WordPress REST API.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn wordpress_authorization(org_id: Uuid, site_url: &str) -> Option<String> {
+    use base64::Engine;
+    wp_load(org_id, site_url).map(|c| {
+        // WordPress shows application passwords in groups of four with spaces; both forms work.
+        let pair = format!("{}:{}", c.username, c.app_password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    })
+}
+
+// ---------------------------------------------------------------- rotation
+
+/// Re-encrypt up to `batch_size` secrets that are not under the current
+/// passphrase's key; returns how many it did. Run until it returns 0, then
+/// the old passphrase can be removed. Never returns plaintext; safe to
+/// interrupt and rerun (each row is rewritten in one UPDATE).
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn rotate_secrets(batch_size: default!(i32, 1000)) -> i64 {
+    if batch_size <= 0 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "batch_size must be positive", None, None);
+    }
+    let current = keyring::current();
+    let rows: Vec<(Uuid, Uuid, String, String, Vec<u8>)> = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT id, org_id, kind, name, ciphertext FROM tenant_guard.secrets
+              WHERE key_id <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            None,
+            &[(current.key_id() as i64).into(), (batch_size as i64).into()],
+        )?;
+        let mut v = Vec::new();
+        for r in t {
+            v.push((
+                r.get::<Uuid>(1)?.expect("id"),
+                r.get::<Uuid>(2)?.expect("org"),
+                r.get::<String>(3)?.expect("kind"),
+                r.get::<String>(4)?.expect("name"),
+                r.get::<Vec<u8>>(5)?.expect("ciphertext"),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(v)
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+    let mut n = 0i64;
+    for (id, org, kind, name, ct) in rows {
+        let aad = envelope::secret_aad(org.as_bytes(), &kind, &name);
+        let plain = zeroize::Zeroizing::new(open(&ct, &aad));
+        let fresh = seal(&plain, &aad);
+        Spi::run_with_args(
+            "UPDATE tenant_guard.secrets SET ciphertext = $2, key_id = $3, updated_at = now() WHERE id = $1",
+            &[id.into(), fresh.into(), (current.key_id() as i64).into()],
+        )
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+        n += 1;
+    }
+    n
+}
