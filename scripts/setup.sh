@@ -17,6 +17,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Python's `cryptography` decrypts one envelope independently in tests/secrets.rs.
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+    echo "setup: installing Python cryptography"
+    python3 -m pip install -q cryptography 2>/dev/null || python3 -m pip install -q --break-system-packages cryptography
+fi
+
 if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
     echo "setup: installing cargo-pgrx 0.18.1 (about 7 minutes)"
     cargo install cargo-pgrx --version 0.18.1 --locked

@@ -221,8 +221,8 @@ fn rotate_api_key(
     if grace_us < 0 {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "grace must not be negative", None, None);
     }
-    let old = Spi::connect(|c| {
-        let t = c.select(
+    let old = Spi::connect_mut(|c| {
+        let t = c.update(
             "SELECT name, role, scopes, rate_limit_per_minute,
                     extract(epoch FROM expires_at - created_at) * 1e6
                FROM tenant_guard.api_keys

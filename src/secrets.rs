@@ -228,8 +228,8 @@ fn rotate_secrets(batch_size: default!(i32, 1000)) -> i64 {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "batch_size must be positive", None, None);
     }
     let current = keyring::current();
-    let rows: Vec<(Uuid, Uuid, String, String, Vec<u8>)> = Spi::connect(|c| {
-        let t = c.select(
+    let rows: Vec<(Uuid, Uuid, String, String, Vec<u8>)> = Spi::connect_mut(|c| {
+        let t = c.update(
             "SELECT id, org_id, kind, name, ciphertext FROM tenant_guard.secrets
               WHERE key_id <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
             None,
