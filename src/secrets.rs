@@ -88,14 +88,33 @@ pub fn store(org: [u8; 16], kind: &str, name: &str, secret: &[u8]) -> Uuid {
     .expect("RETURNING id")
 }
 
-/// Fetch and decrypt one secret, or None.
+thread_local! {
+    static LOAD: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Fetch and decrypt one secret, or None. The lookup plan is prepared once per backend.
 pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
-    let ct = Spi::get_one_with_args::<Vec<u8>>(
-        "SELECT ciphertext FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3",
-        &[Uuid::from_bytes(org).into(), kind.into(), name.into()],
-    )
-    .unwrap_or(None)?;
-    Some(open(&ct, &envelope::secret_aad(&org, kind, name)))
+    use pgrx::{PgBuiltInOids, PgOid};
+    let ct: Option<Vec<u8>> = Spi::connect(|client| {
+        let stmt = match LOAD.with(|l| l.borrow_mut().take()) {
+            Some(s) => s,
+            None => client
+                .prepare(
+                    "SELECT ciphertext FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3",
+                    &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
+                )?
+                .keep(),
+        };
+        let t = client.select(&stmt, Some(1), &[Uuid::from_bytes(org).into(), kind.into(), name.into()]);
+        LOAD.with(|l| *l.borrow_mut() = Some(stmt));
+        let t = t?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::SpiError>(None);
+        }
+        t.first().get::<Vec<u8>>(1)
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("secret lookup failed: {e}"), None, None));
+    Some(open(&ct?, &envelope::secret_aad(&org, kind, name)))
 }
 
 fn admin_org() -> [u8; 16] {
