@@ -80,3 +80,44 @@ CREATE TABLE tenant_guard.secrets (
     UNIQUE (org_id, kind, name)
 );
 CREATE INDEX secrets_key_id_idx ON tenant_guard.secrets (key_id);
+
+-- Webhooks: endpoints (signing secrets live in `secrets`, kind 'webhook') and the signed outbox.
+CREATE TABLE tenant_guard.webhook_endpoints (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    org_id uuid NOT NULL REFERENCES tenant_guard.organizations (id) ON DELETE CASCADE,
+    url text NOT NULL CHECK (url ~ '^https://[^/@\s]+(/\S*)?$'),
+    events text[] NOT NULL DEFAULT '{*}',
+    active boolean NOT NULL DEFAULT true,
+    previous_secret_until timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_endpoints_org_idx ON tenant_guard.webhook_endpoints (org_id);
+
+CREATE TABLE tenant_guard.webhook_outbox (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    org_id uuid NOT NULL REFERENCES tenant_guard.organizations (id) ON DELETE CASCADE,
+    endpoint_id uuid NOT NULL REFERENCES tenant_guard.webhook_endpoints (id) ON DELETE CASCADE,
+    event text NOT NULL,
+    msg_id text NOT NULL,
+    ts bigint NOT NULL,
+    payload text NOT NULL,
+    headers jsonb NOT NULL,
+    status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'in_flight', 'delivered', 'failed')),
+    attempts int NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    locked_until timestamptz,
+    last_status_code int,
+    last_error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at timestamptz
+);
+CREATE INDEX webhook_outbox_due_idx ON tenant_guard.webhook_outbox (next_attempt_at) WHERE status IN ('pending', 'in_flight');
+CREATE INDEX webhook_outbox_org_idx ON tenant_guard.webhook_outbox (org_id, created_at);
+
+-- Replay protection for inbound webhooks (opt-in through webhook_verify_once()).
+CREATE TABLE tenant_guard.webhook_seen (
+    source text NOT NULL,
+    msg_id text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (source, msg_id)
+);

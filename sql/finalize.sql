@@ -27,6 +27,17 @@ ALTER TABLE tenant_guard.secrets FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_guard_select ON tenant_guard.secrets
     FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
 
+ALTER TABLE tenant_guard.webhook_endpoints ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.webhook_endpoints FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_guard_select ON tenant_guard.webhook_endpoints
+    FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
+ALTER TABLE tenant_guard.webhook_outbox ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.webhook_outbox FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_guard_select ON tenant_guard.webhook_outbox
+    FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
+ALTER TABLE tenant_guard.webhook_seen ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.webhook_seen FORCE ROW LEVEL SECURITY;
+
 -- BYPASSRLS is a role attribute and is not inherited by the members of
 -- tenant_guard_service; these policies give its members read access to
 -- tenant_guard's own tables without SET ROLE.
@@ -35,6 +46,8 @@ CREATE POLICY tenant_guard_service_read ON tenant_guard.memberships FOR SELECT T
 CREATE POLICY tenant_guard_service_read ON tenant_guard.api_keys FOR SELECT TO tenant_guard_service USING (true);
 CREATE POLICY tenant_guard_service_read ON tenant_guard.request_log FOR SELECT TO tenant_guard_service USING (true);
 CREATE POLICY tenant_guard_service_read ON tenant_guard.secrets FOR SELECT TO tenant_guard_service USING (true);
+CREATE POLICY tenant_guard_service_read ON tenant_guard.webhook_endpoints FOR SELECT TO tenant_guard_service USING (true);
+CREATE POLICY tenant_guard_service_read ON tenant_guard.webhook_outbox FOR SELECT TO tenant_guard_service USING (true);
 
 ---------------------------------------------------------------- API keys
 CREATE FUNCTION tenant_guard.revoke_api_key(key_id uuid)
@@ -98,6 +111,171 @@ BEGIN
         pgcrypto_schema, source)
     INTO n USING pgp_key;
     RETURN n;
+END
+$$;
+
+---------------------------------------------------------------- webhooks
+CREATE FUNCTION tenant_guard.create_webhook_endpoint(url text, events text[] DEFAULT '{*}')
+RETURNS TABLE (endpoint_id uuid, secret text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := tenant_guard.current_org_id();
+BEGIN
+    PERFORM tenant_guard.require_role('admin');
+    IF url IS NULL OR url !~ '^https://[^/@\s]+(/\S*)?$' THEN
+        RAISE EXCEPTION 'url must be an https:// URL' USING ERRCODE = '22023';
+    END IF;
+    IF events IS NULL OR cardinality(events) = 0 OR array_position(events, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'events must be a non-empty list (''*'' for all)' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO tenant_guard.webhook_endpoints (org_id, url, events)
+    VALUES (org, create_webhook_endpoint.url, create_webhook_endpoint.events)
+    RETURNING id INTO endpoint_id;
+    secret := tenant_guard._webhook_new_secret(org, endpoint_id, 'current');
+    RETURN NEXT;
+END
+$$;
+
+-- New signing secret, returned once; during `grace` deliveries carry both signatures.
+CREATE FUNCTION tenant_guard.rotate_webhook_secret(endpoint_id uuid, grace interval DEFAULT '24 hours')
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := tenant_guard.current_org_id();
+BEGIN
+    PERFORM tenant_guard.require_role('admin');
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'grace must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
+    UPDATE tenant_guard.webhook_endpoints e SET previous_secret_until = now() + grace
+     WHERE e.id = rotate_webhook_secret.endpoint_id AND e.org_id = org;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no webhook endpoint with that id in this organization' USING ERRCODE = '02000';
+    END IF;
+    PERFORM tenant_guard._webhook_retire_secret(org, rotate_webhook_secret.endpoint_id);
+    RETURN tenant_guard._webhook_new_secret(org, rotate_webhook_secret.endpoint_id, 'current');
+END
+$$;
+
+-- One signed outbox row per active endpoint of the current org that wants `event`.
+CREATE FUNCTION tenant_guard.enqueue_webhook(event text, payload jsonb)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := tenant_guard.current_org_id();
+    e record;
+    body text := payload::text;
+    ts bigint := extract(epoch FROM clock_timestamp())::bigint;
+    mid text;
+    n integer := 0;
+BEGIN
+    PERFORM tenant_guard.require_role('member');
+    IF event IS NULL OR event = '' OR payload IS NULL THEN
+        RAISE EXCEPTION 'event and payload are required' USING ERRCODE = '22004';
+    END IF;
+    FOR e IN SELECT * FROM tenant_guard.webhook_endpoints w
+              WHERE w.org_id = org AND w.active AND (enqueue_webhook.event = ANY (w.events) OR '*' = ANY (w.events))
+    LOOP
+        mid := tenant_guard._webhook_msg_id();
+        INSERT INTO tenant_guard.webhook_outbox (org_id, endpoint_id, event, msg_id, ts, payload, headers)
+        VALUES (org, e.id, enqueue_webhook.event, mid, ts, body,
+                jsonb_build_object('webhook-id', mid, 'webhook-timestamp', ts::text,
+                                   'webhook-signature', tenant_guard._webhook_signature(org, e.id, mid, ts, body,
+                                                           coalesce(e.previous_secret_until > now(), false)),
+                                   'content-type', 'application/json'));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- For the application's delivery worker (service role): up to n due deliveries,
+-- each handed to exactly one caller (SKIP LOCKED), leased for 5 minutes.
+CREATE FUNCTION tenant_guard.claim_webhook_deliveries(n integer DEFAULT 10)
+RETURNS TABLE (delivery_id uuid, org_id uuid, url text, headers jsonb, payload text, attempts integer)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF n IS NULL OR n < 1 THEN
+        RAISE EXCEPTION 'n must be positive' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH due AS (
+        SELECT o.id FROM tenant_guard.webhook_outbox o
+         WHERE (o.status = 'pending' AND o.next_attempt_at <= now())
+            OR (o.status = 'in_flight' AND o.locked_until < now())
+         ORDER BY o.next_attempt_at
+         LIMIT n
+         FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE tenant_guard.webhook_outbox o
+           SET status = 'in_flight', attempts = o.attempts + 1, locked_until = now() + interval '5 minutes'
+          FROM due WHERE o.id = due.id
+        RETURNING o.id, o.org_id, o.endpoint_id, o.headers, o.payload, o.attempts
+    )
+    SELECT c.id, c.org_id, e.url, c.headers, c.payload, c.attempts
+      FROM claimed c JOIN tenant_guard.webhook_endpoints e ON e.id = c.endpoint_id;
+END
+$$;
+
+-- Record a delivery attempt. Failures retry with exponential back-off
+-- (30 s, 1 min, 2 min, ... capped at 6 h); after max_attempts it is 'failed'.
+CREATE FUNCTION tenant_guard.complete_webhook_delivery(delivery_id uuid, ok boolean, status_code integer DEFAULT NULL,
+                                                        error text DEFAULT NULL, max_attempts integer DEFAULT 12)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    st text;
+BEGIN
+    UPDATE tenant_guard.webhook_outbox o
+       SET status = CASE WHEN ok THEN 'delivered' WHEN o.attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+           delivered_at = CASE WHEN ok THEN now() END,
+           next_attempt_at = CASE WHEN ok THEN o.next_attempt_at
+                                  ELSE now() + least(interval '30 seconds' * power(2, greatest(o.attempts - 1, 0)), interval '6 hours') END,
+           locked_until = NULL,
+           last_status_code = status_code,
+           last_error = left(error, 1000)
+     WHERE o.id = delivery_id AND o.status = 'in_flight'
+    RETURNING o.status INTO st;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'no in-flight delivery with that id' USING ERRCODE = '02000';
+    END IF;
+    RETURN st;
+END
+$$;
+
+-- Inbound replay protection: verify, then remember msg_id under `source` for
+-- the tolerance window; a second delivery of the same id is refused.
+CREATE FUNCTION tenant_guard.webhook_verify_once(source text, secret text, msg_id text, ts bigint, payload text,
+                                                  signature_header text, tolerance interval DEFAULT '5 minutes')
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fresh boolean;
+BEGIN
+    IF tolerance IS NULL THEN
+        RAISE EXCEPTION 'replay protection needs a tolerance window' USING ERRCODE = '22023';
+    END IF;
+    IF NOT tenant_guard.webhook_verify(secret, msg_id, ts, payload, signature_header, tolerance) THEN
+        RETURN false;
+    END IF;
+    DELETE FROM tenant_guard.webhook_seen s WHERE s.source = webhook_verify_once.source AND s.expires_at < now();
+    INSERT INTO tenant_guard.webhook_seen (source, msg_id, expires_at)
+    VALUES (webhook_verify_once.source, webhook_verify_once.msg_id, now() + 2 * tolerance)
+    ON CONFLICT DO NOTHING
+    RETURNING true INTO fresh;
+    RETURN coalesce(fresh, false);
 END
 $$;
 
@@ -388,6 +566,8 @@ SELECT pg_catalog.pg_extension_config_dump('tenant_guard.api_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log', '');
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.webhook_endpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.webhook_outbox', '');
 
 ---------------------------------------------------------------- grants
 -- Everything starts closed; each role gets what it needs.
@@ -413,8 +593,19 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.rotate_api_key(uuid, interval), tenant_guard.revoke_api_key(uuid),
     tenant_guard.rate_limit(text, int, interval, int), tenant_guard._rate_limit(text, int, bigint, int),
     tenant_guard.put_secret(text, text, text), tenant_guard.delete_secret(text, text),
-    tenant_guard.put_wordpress_credentials(text, text, text)
+    tenant_guard.put_wordpress_credentials(text, text, text),
+    tenant_guard.hmac_sha256(bytea, bytea), tenant_guard.webhook_sign(text, text, bigint, text),
+    tenant_guard.webhook_verify(text, text, bigint, text, text, interval),
+    tenant_guard.webhook_verify_once(text, text, text, bigint, text, text, interval),
+    tenant_guard.verify_stripe_signature(text, text, text, interval),
+    tenant_guard.verify_github_signature(text, bytea, text),
+    tenant_guard.verify_slack_signature(text, bigint, text, text, interval),
+    tenant_guard.create_webhook_endpoint(text, text[]), tenant_guard.rotate_webhook_secret(uuid, interval),
+    tenant_guard.enqueue_webhook(text, jsonb)
 TO PUBLIC;
+GRANT SELECT (id, org_id, url, events, active, previous_secret_until, created_at)
+    ON tenant_guard.webhook_endpoints TO PUBLIC;
+GRANT SELECT ON tenant_guard.webhook_outbox TO PUBLIC;      -- rows filtered by RLS (admins, own org)
 
 -- Secrets: org admins list metadata (RLS); the ciphertext column is not granted to PUBLIC.
 GRANT SELECT (id, org_id, kind, name, key_id, created_at, updated_at) ON tenant_guard.secrets TO PUBLIC;
@@ -433,6 +624,8 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.encrypt(bytea, bytea), tenant_guard.decrypt(bytea, bytea),
     tenant_guard.get_secret(uuid, text, text), tenant_guard.put_secret_for(uuid, text, text, text),
     tenant_guard.get_wordpress_credentials(uuid, text), tenant_guard.wordpress_authorization(uuid, text),
-    tenant_guard.rotate_secrets(int), tenant_guard.import_pgcrypto_secrets(regclass, text)
+    tenant_guard.rotate_secrets(int), tenant_guard.import_pgcrypto_secrets(regclass, text),
+    tenant_guard.claim_webhook_deliveries(integer), tenant_guard.complete_webhook_delivery(uuid, boolean, integer, text, integer)
 TO tenant_guard_service;
-GRANT SELECT ON tenant_guard.api_keys, tenant_guard.request_log, tenant_guard.secrets TO tenant_guard_service;
+GRANT SELECT ON tenant_guard.api_keys, tenant_guard.request_log, tenant_guard.secrets,
+    tenant_guard.webhook_endpoints, tenant_guard.webhook_outbox TO tenant_guard_service;

@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod keys;
 pub mod roles;
 pub mod token;
+pub mod webhook;
 
 mod apikeys;
 mod context;
@@ -21,6 +22,7 @@ mod keyring;
 mod ratelimit;
 mod reqlog;
 mod secrets;
+mod webhooks;
 
 ::pgrx::pg_module_magic!();
 
