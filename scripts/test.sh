@@ -22,7 +22,8 @@ cargo test --lib 2>&1 | tee -a "$log"
 echo "== 2/3 in-database tests (cargo pgrx test)"
 pgdata=/tmp/tenant_guard_pgrx_test
 rm -rf "$pgdata"
-cargo pgrx test pg15 --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
+# Only the #[pg_test]s here (named tests::pg_*); layer 1 ran the pure ones.
+cargo pgrx test pg15 ::pg_ --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
 
 echo "== 3/3 black-box tests against a real cluster"
 # Install the regular (non-test) build into the system PostgreSQL.

@@ -65,7 +65,8 @@ CREATE TABLE tenant_guard.request_log (
     client_addr inet
 );
 CREATE INDEX request_log_org_at_idx ON tenant_guard.request_log (org_id, at);
-CREATE INDEX request_log_at_idx ON tenant_guard.request_log (at);
+-- BRIN: the log is append-only in time order, and purge_request_log() is its only user.
+CREATE INDEX request_log_at_idx ON tenant_guard.request_log USING brin (at);
 
 -- Secrets at rest: only the envelope (see README "Secrets at rest") is stored.
 CREATE TABLE tenant_guard.secrets (

@@ -38,10 +38,12 @@ thread_local! {
     static LOOKUP: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
+/// Every operator and function is schema-qualified, so the plan cannot
+/// resolve to anything on the caller's search_path (see authenticate()).
 const LOOKUP_SQL: &str = "SELECT id, org_id, role, scopes, rate_limit_per_minute,
-        revoked_at IS NOT NULL AND revoked_at <= now(),
-        expires_at IS NOT NULL AND expires_at <= now()
-   FROM tenant_guard.api_keys WHERE key_hash = $1";
+        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.<=) pg_catalog.now(),
+        expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+   FROM tenant_guard.api_keys WHERE key_hash OPERATOR(pg_catalog.=) $1";
 
 fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
     Spi::connect(|client| {
@@ -72,6 +74,8 @@ fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
 
 /// Verify an API key, apply its rate limit, log the outcome and set the
 /// context for this transaction. Returns the key's org id.
+/// Its SQL is schema-qualified throughout as well as running under a pinned
+/// search_path (tests/apikeys.rs attacks it with a hostile one).
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), client_addr: default!(Option<Inet>, "NULL")) -> Uuid {

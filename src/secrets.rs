@@ -100,7 +100,8 @@ pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
             Some(s) => s,
             None => client
                 .prepare(
-                    "SELECT ciphertext FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3",
+                    "SELECT ciphertext FROM tenant_guard.secrets
+                      WHERE org_id OPERATOR(pg_catalog.=) $1 AND kind OPERATOR(pg_catalog.=) $2 AND name OPERATOR(pg_catalog.=) $3",
                     &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
                 )?
                 .keep(),

@@ -352,3 +352,31 @@ fn authenticate_works_on_a_hot_standby() {
     exec(&mut s, "COMMIT");
     assert_eq!(sqlstate(&auth(&mut s, "tgk_bad")).as_deref(), Some("28000"));
 }
+
+#[test]
+fn a_hostile_search_path_cannot_hijack_authenticate() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    db.dba().batch_execute("CREATE SCHEMA evil AUTHORIZATION app").unwrap();
+    // Operators and functions that would match any key, or shout if ever run.
+    exec(
+        &mut app,
+        "CREATE FUNCTION evil.eq(bytea, bytea) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'evil operator ran'; END $$;
+         CREATE OPERATOR evil.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = evil.eq);
+         CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'evil now ran'; END $$;
+         CREATE FUNCTION evil.le(timestamptz, timestamptz) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'evil <= ran'; END $$;
+         CREATE OPERATOR evil.<= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.le);",
+    );
+    for path in ["evil, pg_catalog", "pg_temp, evil, pg_catalog, public"] {
+        // A fresh backend, so the lookup plan is prepared under this search_path.
+        let mut c = db.app();
+        exec(&mut c, &format!("SET search_path = {path}"));
+        let r = auth(&mut c, "tgk_this-is-not-a-key");
+        assert_eq!(sqlstate(&r).as_deref(), Some("28000"), "{}", full_error(&r));
+        exec(&mut c, "BEGIN");
+        assert_eq!(auth(&mut c, &key).unwrap(), w.org_a, "{}", path);
+        exec(&mut c, "COMMIT");
+    }
+}

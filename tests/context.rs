@@ -578,3 +578,31 @@ fn protect_cannot_be_widened_and_costs_one_check_per_scan() {
     assert!(!plan.contains("Filter"), "{plan}");
     exec(&mut app, "COMMIT");
 }
+
+#[test]
+fn pgbouncer_transaction_pooling_never_carries_a_context_over() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let port = cluster().start_pgbouncer();
+    let via_bouncer = || {
+        postgres::Config::new().host("127.0.0.1").port(port).user("app").dbname(&db.name).connect(postgres::NoTls).expect("connect through pgbouncer")
+    };
+    let (mut tenant_a, mut tenant_b) = (via_bouncer(), via_bouncer());
+    for _ in 0..3 {
+        exec(&mut tenant_a, "BEGIN");
+        val(&mut tenant_a, &format!("SELECT tenant_guard.authenticate_jwt('{}')", token_for(&w.org_a, OWNER_A)));
+        let pid_a = val(&mut tenant_a, "SELECT pg_backend_pid()").unwrap();
+        assert_eq!(val(&mut tenant_a, "SELECT count(*) FROM docs").unwrap(), "30");
+        exec(&mut tenant_a, "COMMIT");
+        // The next transaction, from another client, runs on the same server connection...
+        exec(&mut tenant_b, "BEGIN");
+        assert_eq!(val(&mut tenant_b, "SELECT pg_backend_pid()").unwrap(), pid_a, "one pooled backend");
+        // ...and sees no context and no rows.
+        assert_eq!(val(&mut tenant_b, "SELECT tenant_guard.current_org_id()"), None);
+        assert_eq!(val(&mut tenant_b, "SELECT count(*) FROM docs").unwrap(), "0");
+        exec(&mut tenant_b, "COMMIT");
+        // An autocommitted authenticate does not leak into the next statement either.
+        val(&mut tenant_a, &format!("SELECT tenant_guard.authenticate_jwt('{}')", token_for(&w.org_a, OWNER_A)));
+        assert_eq!(val(&mut tenant_b, "SELECT count(*) FROM docs").unwrap(), "0");
+    }
+}

@@ -54,6 +54,8 @@ pub struct Cluster {
 }
 
 static CLUSTERS: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+/// pid files of pgbouncers to stop at exit.
+static BOUNCERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static DEFAULT: OnceLock<Cluster> = OnceLock::new();
 
 extern "C" {
@@ -62,6 +64,13 @@ extern "C" {
 }
 
 extern "C" fn stop_all() {
+    if let Ok(list) = BOUNCERS.lock() {
+        for pidfile in list.iter() {
+            if let Ok(pid) = std::fs::read_to_string(pidfile) {
+                let _ = Command::new("kill").arg(pid.trim()).output();
+            }
+        }
+    }
     if let Ok(list) = CLUSTERS.lock() {
         for (bindir, datadir) in list.iter() {
             let _ = as_postgres(&bindir.join("pg_ctl"))
@@ -254,6 +263,43 @@ impl Cluster {
             panic!("standby start failed:\n{}\n{log}", String::from_utf8_lossy(&out.stderr));
         }
         Cluster { port, datadir, bindir: self.bindir.clone(), dbs: AtomicUsize::new(0) }
+    }
+
+    /// A PgBouncer in transaction pooling mode in front of this cluster, with
+    /// ONE server connection per (database, user), so consecutive clients
+    /// share a backend. Returns its port. Use the simple query protocol
+    /// through it (named prepared statements do not survive pooling).
+    pub fn start_pgbouncer(&self) -> u16 {
+        let port = free_port();
+        let dir = self.datadir.join(format!("pgbouncer_{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("users.txt"), "\"app\" \"\"\n\"dba\" \"\"\n\"svc\" \"\"\n").unwrap();
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             auth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\ndefault_pool_size = 1\n\
+             max_client_conn = 50\nunix_socket_dir =\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n\
+             ignore_startup_parameters = extra_float_digits,options\n",
+            self.port,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.args(["-R", "postgres:postgres"]).arg(&dir);
+            run(c, "chown pgbouncer dir");
+        }
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"].into_iter().find(|p| Path::new(p).exists()).expect("pgbouncer is installed");
+        let mut c = as_postgres(Path::new(bin));
+        c.arg("-d").arg(dir.join("pgbouncer.ini"));
+        run(c, "pgbouncer -d");
+        BOUNCERS.lock().unwrap().push(dir.join("pgbouncer.pid"));
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("pgbouncer did not start: {}", std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default());
     }
 
     pub fn server_log(&self) -> String {
