@@ -57,6 +57,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM tenant_guard.require_role('admin');
+    IF tenant_guard.current_api_key_id() IS NOT NULL THEN
+        RAISE EXCEPTION 'API keys cannot be managed from an API key context' USING ERRCODE = '42501';
+    END IF;
     UPDATE tenant_guard.api_keys k SET revoked_at = coalesce(k.revoked_at, now())
      WHERE k.id = revoke_api_key.key_id AND k.org_id = tenant_guard.current_org_id();
     IF NOT FOUND THEN
@@ -126,6 +129,12 @@ BEGIN
     PERFORM tenant_guard.require_role('admin');
     IF url IS NULL OR url !~ '^https://[^/@\s]+(/\S*)?$' THEN
         RAISE EXCEPTION 'url must be an https:// URL' USING ERRCODE = '22023';
+    END IF;
+    -- Obvious internal targets (the delivery worker must still check the
+    -- addresses a name resolves to: a public name can point inside).
+    IF lower(substring(url FROM '^https://([^/:]+|\[[^]]+\])')) ~
+       '^(localhost|.*\.localhost|.*\.internal|127\.|10\.|0\.|169\.254\.|192\.168\.|172\.(1[6-9]|2[0-9]|3[01])\.|\[)' THEN
+        RAISE EXCEPTION 'url must not point at a loopback, private or link-local address' USING ERRCODE = '22023';
     END IF;
     IF events IS NULL OR cardinality(events) = 0 OR array_position(events, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'events must be a non-empty list (''*'' for all)' USING ERRCODE = '22023';
@@ -264,8 +273,8 @@ AS $$
 DECLARE
     fresh boolean;
 BEGIN
-    IF tolerance IS NULL THEN
-        RAISE EXCEPTION 'replay protection needs a tolerance window' USING ERRCODE = '22023';
+    IF tolerance IS NULL OR tolerance <= interval '0' OR tolerance > interval '1 hour' THEN
+        RAISE EXCEPTION 'replay protection needs a tolerance window of at most 1 hour' USING ERRCODE = '22023';
     END IF;
     IF NOT tenant_guard.webhook_verify(secret, msg_id, ts, payload, signature_header, tolerance) THEN
         RETURN false;
@@ -320,12 +329,16 @@ BEGIN
     IF target = me THEN
         RAISE EXCEPTION 'nobody can change their own membership' USING ERRCODE = '42501';
     END IF;
-    -- Serialize membership changes per organization (last-owner checks).
+    -- Serialize membership changes per organization, and read the rows the
+    -- checks depend on with row locks: a locking read sees the latest version
+    -- (READ COMMITTED) or fails with a serialization error (REPEATABLE READ),
+    -- so a stale snapshot cannot pass the rank and last-owner checks.
     PERFORM 1 FROM tenant_guard.organizations WHERE id = org FOR UPDATE;
+    PERFORM 1 FROM tenant_guard.memberships m WHERE m.org_id = org AND (m.role = 'owner' OR m.user_id IN (me, target)) FOR UPDATE;
     SELECT r.rank INTO my_rank FROM tenant_guard.memberships m JOIN tenant_guard.roles r ON r.name = m.role
      WHERE m.org_id = org AND m.user_id = me;
-    IF my_rank IS NULL THEN
-        RAISE EXCEPTION 'you are no longer a member of this organization' USING ERRCODE = '42501';
+    IF my_rank IS NULL OR my_rank < 30 THEN
+        RAISE EXCEPTION 'managing members needs role admin or higher (per the membership table)' USING ERRCODE = '42501';
     END IF;
     SELECT r.rank INTO target_rank FROM tenant_guard.memberships m JOIN tenant_guard.roles r ON r.name = m.role
      WHERE m.org_id = org AND m.user_id = target;
@@ -485,6 +498,21 @@ BEGIN
                        r.relid::regclass);
     END LOOP;
 
+    -- TRUNCATE ignores RLS, a trigger runs inside other tenants' transactions
+    -- and foreign keys check rows regardless of RLS: only the owner keeps them.
+    FOR r IN SELECT p.relid, a.grantee
+               FROM (SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl) p
+               JOIN pg_class c ON c.oid = p.relid,
+                    LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+              WHERE a.grantee <> c.relowner AND a.privilege_type IN ('TRUNCATE', 'TRIGGER', 'REFERENCES')
+              GROUP BY p.relid, a.grantee
+    LOOP
+        EXECUTE format('REVOKE TRUNCATE, TRIGGER, REFERENCES ON %s FROM %s', r.relid::regclass,
+                       CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+        RAISE NOTICE 'revoked TRUNCATE, TRIGGER and REFERENCES on % from %', r.relid::regclass,
+                     CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r.grantee) END;
+    END LOOP;
+
     SELECT EXISTS (
         SELECT 1 FROM pg_index i
          WHERE i.indrelid = tbl
@@ -522,15 +550,33 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     new_row jsonb := to_jsonb(NEW);
+    old_row jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
     requester text := new_row ->> TG_ARGV[0];
     approver text := new_row ->> TG_ARGV[1];
     me text := tenant_guard.current_user_id()::text;
 BEGIN
-    IF approver IS NOT NULL
-       AND (TG_OP = 'INSERT' OR approver IS DISTINCT FROM to_jsonb(OLD) ->> TG_ARGV[1]
-            OR requester IS DISTINCT FROM to_jsonb(OLD) ->> TG_ARGV[0])
-       AND (approver = requester OR me = requester) THEN
-        RAISE EXCEPTION 'a request cannot be approved by its requester' USING ERRCODE = '42501';
+    -- The requester of an existing request never changes (else: hand the
+    -- request to a colleague, then approve it yourself).
+    IF TG_OP = 'UPDATE' AND requester IS DISTINCT FROM old_row ->> TG_ARGV[0] THEN
+        RAISE EXCEPTION 'the requester of a request cannot be changed' USING ERRCODE = '42501';
+    END IF;
+    -- A user files requests in their own name only (else: file one in a
+    -- colleague's name and approve it).
+    IF TG_OP = 'INSERT' AND me IS NOT NULL AND requester IS DISTINCT FROM me THEN
+        RAISE EXCEPTION 'a request can only be filed in your own name' USING ERRCODE = '42501';
+    END IF;
+    -- Setting or changing the approver: only a signed-in user, naming themselves,
+    -- and never the requester.
+    IF approver IS NOT NULL AND (TG_OP = 'INSERT' OR approver IS DISTINCT FROM old_row ->> TG_ARGV[1]) THEN
+        IF me IS NULL THEN
+            RAISE EXCEPTION 'approving needs a user context (not an API key, not no context)' USING ERRCODE = '42501';
+        END IF;
+        IF approver <> me THEN
+            RAISE EXCEPTION 'an approval can only be recorded by the approver themselves' USING ERRCODE = '42501';
+        END IF;
+        IF approver = requester THEN
+            RAISE EXCEPTION 'a request cannot be approved by its requester' USING ERRCODE = '42501';
+        END IF;
     END IF;
     RETURN NEW;
 END
@@ -596,7 +642,6 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.put_wordpress_credentials(text, text, text),
     tenant_guard.hmac_sha256(bytea, bytea), tenant_guard.webhook_sign(text, text, bigint, text),
     tenant_guard.webhook_verify(text, text, bigint, text, text, interval),
-    tenant_guard.webhook_verify_once(text, text, text, bigint, text, text, interval),
     tenant_guard.verify_stripe_signature(text, text, text, interval),
     tenant_guard.verify_github_signature(text, bytea, text),
     tenant_guard.verify_slack_signature(text, bigint, text, text, interval),
@@ -625,7 +670,24 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.get_secret(uuid, text, text), tenant_guard.put_secret_for(uuid, text, text, text),
     tenant_guard.get_wordpress_credentials(uuid, text), tenant_guard.wordpress_authorization(uuid, text),
     tenant_guard.rotate_secrets(int), tenant_guard.import_pgcrypto_secrets(regclass, text),
-    tenant_guard.claim_webhook_deliveries(integer), tenant_guard.complete_webhook_delivery(uuid, boolean, integer, text, integer)
+    tenant_guard.claim_webhook_deliveries(integer), tenant_guard.complete_webhook_delivery(uuid, boolean, integer, text, integer),
+    tenant_guard.webhook_verify_once(text, text, text, bigint, text, text, interval)
 TO tenant_guard_service;
+
+-- Functions that receive keys or secrets as arguments (all SECURITY DEFINER,
+-- as only a superuser may set this parameter): an ERROR raised inside
+-- them must not log the calling statement (log_min_error_statement would put
+-- a literal key or secret into the server log). The setting is applied while
+-- the function runs, which is when its errors are logged.
+ALTER FUNCTION tenant_guard.authenticate(text, text, inet) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.authenticate_jwt(text) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.put_secret(text, text, text) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.put_secret_for(uuid, text, text, text) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.put_wordpress_credentials(text, text, text) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.webhook_sign(text, text, bigint, text) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.encrypt(bytea, bytea) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.decrypt(bytea, bytea) SET log_min_error_statement = panic;
+-- (import_pgcrypto_secrets runs with its caller's rights, so it cannot carry
+-- this setting: pass the pgcrypto key to it as a bind parameter.)
 GRANT SELECT ON tenant_guard.api_keys, tenant_guard.request_log, tenant_guard.secrets,
     tenant_guard.webhook_endpoints, tenant_guard.webhook_outbox TO tenant_guard_service;

@@ -97,7 +97,7 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
         fail(Outcome::Expired, Some(org), Some(id));
     }
     let rate = Rate::new(row.rpm as i64, 60_000_000, (row.rpm as i64 - 1).max(0)).expect("rate_limit_per_minute > 0");
-    let d = ratelimit::throttle(ratelimit::key("apikey", &[&id]), rate, 1);
+    let d = ratelimit::throttle(&ratelimit::KEYS, ratelimit::key("apikey", &[&id]), rate, 1);
     if d.limited {
         reqlog::record(Outcome::RateLimited, Some(org), Some(id), action, addr.as_deref());
         let ms = (d.retry_after.max(0) + 999) / 1000;
@@ -120,10 +120,15 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
     row.org
 }
 
+/// Key management needs a *user* context of rank admin or higher: an API
+/// key must not mint keys (broader scopes, longer life, surviving its revocation).
 fn require_admin() -> ([u8; 16], Option<[u8; 16]>, u8) {
-    let ctx = context::with_claims(|c| (c.org_id, c.user_id, roles::rank(&c.role).unwrap_or(0)));
+    let ctx = context::with_claims(|c| (c.org_id, c.user_id, roles::rank(&c.role).unwrap_or(0), c.api_key_id.is_some()));
     match ctx {
-        Some(c) if c.2 >= roles::rank("admin").unwrap() => c,
+        Some((_, _, _, true)) => {
+            raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "API keys cannot be managed from an API key context", None, None)
+        }
+        Some((org, user, rank, false)) if rank >= roles::rank("admin").unwrap() => (org, user, rank),
         _ => raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing API keys needs role admin or higher", None, None),
     }
 }
@@ -293,7 +298,8 @@ fn import_api_key_hash(
         &[
             org_id.into(),
             name.into(),
-            display_prefix.map(|p| p.chars().take(16).collect::<String>()).into(),
+            // At most 8 characters: a legacy key may be short, and the prefix is shown to admins.
+            display_prefix.map(|p| p.chars().take(8).collect::<String>()).into(),
             key_hash.into(),
             role.into(),
             scopes.into(),

@@ -94,10 +94,12 @@ mod tests {
     fn pg_rate_limit_is_exact_in_shared_memory() {
         let rate = crate::gcra::Rate::new(5, 60_000_000, 4).unwrap();
         let key = crate::ratelimit::key("pg_test", &[b"bucket"]);
-        let admitted = (0..20).filter(|_| !crate::ratelimit::throttle(key, rate, 1).limited).count();
+        let t = &crate::ratelimit::BUCKETS;
+        let admitted = (0..20).filter(|_| !crate::ratelimit::throttle(t, key, rate, 1).limited).count();
         assert_eq!(admitted, 5);
         let other = crate::ratelimit::key("pg_test", &[b"another"]);
-        assert!(!crate::ratelimit::throttle(other, rate, 1).limited, "buckets are independent");
+        assert!(!crate::ratelimit::throttle(t, other, rate, 1).limited, "buckets are independent");
+        assert!(!crate::ratelimit::throttle(&crate::ratelimit::KEYS, key, rate, 1).limited, "tables are independent");
     }
 
     #[pg_test]

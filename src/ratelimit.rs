@@ -1,5 +1,7 @@
-//! Rate limiting in shared memory: one GCRA state (a TAT) per key, in a fixed
-//! open-addressing table under one LWLock, so concurrent backends are exact.
+//! Rate limiting in shared memory: one GCRA state (a TAT) per key, in fixed
+//! open-addressing tables under one LWLock each, so concurrent backends are
+//! exact. API keys and general buckets have separate tables, so nothing a
+//! caller does with `rate_limit()` can evict an API key's state.
 
 use crate::error::raise;
 use crate::gcra::{self, Decision, Rate};
@@ -8,8 +10,13 @@ use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{PgLwLock, PgSqlErrorCode};
 use sha2::{Digest, Sha256};
 
-pub const SLOTS: usize = 16384;
+pub const KEY_SLOTS: usize = 16384;
+pub const BUCKET_SLOTS: usize = 8192;
 const PROBE: usize = 32;
+/// Bounds on `rate_limit()` parameters (a day-long period at most), so no
+/// call can park a bucket far in the future.
+const MAX_PERIOD_US: i64 = 86_400_000_000;
+const MAX_COUNT: i64 = 1_000_000;
 
 #[derive(Copy, Clone)]
 #[repr(C)]
@@ -20,22 +27,24 @@ pub struct Slot {
 
 #[derive(Copy, Clone)]
 #[repr(C)]
-pub struct Table {
-    slots: [Slot; SLOTS],
+pub struct Table<const N: usize> {
+    slots: [Slot; N],
 }
 
-unsafe impl PGRXSharedMemory for Table {}
+unsafe impl<const N: usize> PGRXSharedMemory for Table<N> {}
 
-impl Table {
-    pub const fn new() -> Table {
-        Table { slots: [Slot { key: [0; 16], tat: 0 }; SLOTS] }
+impl<const N: usize> Table<N> {
+    pub const fn new() -> Table<N> {
+        Table { slots: [Slot { key: [0; 16], tat: 0 }; N] }
     }
 }
 
-pub static RATE: PgLwLock<Table> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits") };
+pub static KEYS: PgLwLock<Table<KEY_SLOTS>> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits_keys") };
+pub static BUCKETS: PgLwLock<Table<BUCKET_SLOTS>> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits_buckets") };
 
 pub fn init() {
-    pgrx::pg_shmem_init!(RATE = Table::new());
+    pgrx::pg_shmem_init!(KEYS = Table::new());
+    pgrx::pg_shmem_init!(BUCKETS = Table::new());
 }
 
 /// Microseconds on PostgreSQL's clock.
@@ -59,15 +68,15 @@ pub fn key(domain: &str, parts: &[&[u8]]) -> [u8; 16] {
 }
 
 /// Take `quantity` from the bucket `key` now; exact under concurrency.
-pub fn throttle(key: [u8; 16], rate: Rate, quantity: i64) -> Decision {
-    let mut t = RATE.exclusive();
+pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate: Rate, quantity: i64) -> Decision {
+    let mut t = table.exclusive();
     let now = now_us();
-    let start = (u64::from_le_bytes(key[..8].try_into().unwrap()) as usize) % SLOTS;
+    let start = (u64::from_le_bytes(key[..8].try_into().unwrap()) as usize) % N;
     let mut found = None;
     let mut free = None;
     let mut oldest = start;
     for i in 0..PROBE {
-        let idx = (start + i) % SLOTS;
+        let idx = (start + i) % N;
         let s = &t.slots[idx];
         if s.key == key {
             found = Some(idx);
@@ -91,12 +100,16 @@ pub fn throttle(key: [u8; 16], rate: Rate, quantity: i64) -> Decision {
 }
 
 /// Behind the SQL `rate_limit(bucket, per_period, period, burst)`: true when
-/// this call is admitted. Buckets are per database; include the org in the
-/// name to give each tenant its own.
+/// this call is admitted. A bucket is identified by its name, its parameters,
+/// the database and, when there is a context, the org: tenants cannot touch
+/// each other's buckets, and a caller with other parameters gets another bucket.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _rate_limit(bucket: &str, per_period: i32, period_us: i64, burst: i32) -> bool {
-    if period_us <= 0 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "period must be positive", None, None)
+    if period_us <= 0 || period_us > MAX_PERIOD_US {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "period must be positive and at most 1 day", None, None)
+    }
+    if per_period as i64 > MAX_COUNT || burst as i64 > MAX_COUNT {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "per_period and burst must be at most 1000000", None, None)
     }
     let Some(rate) = Rate::new(per_period as i64, period_us, burst as i64) else {
         raise(
@@ -107,5 +120,8 @@ fn _rate_limit(bucket: &str, per_period: i32, period_us: i64, burst: i32) -> boo
         )
     };
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32().to_be_bytes();
-    !throttle(key("bucket", &[&db, bucket.as_bytes()]), rate, 1).limited
+    let org = crate::context::with_claims(|c| c.org_id).unwrap_or([0; 16]);
+    let params = [per_period.to_be_bytes(), burst.to_be_bytes()].concat();
+    let k = key("bucket", &[&db, &org, &params, &period_us.to_be_bytes(), bucket.as_bytes()]);
+    !throttle(&BUCKETS, k, rate, 1).limited
 }

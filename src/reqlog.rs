@@ -100,6 +100,8 @@ pub struct LogState {
     next_seq: u64,
     dropped: u64,
     cursor: usize,
+    /// Queued entries without an org (unknown or malformed keys).
+    orgless: usize,
 }
 
 unsafe impl PGRXSharedMemory for LogState {}
@@ -112,6 +114,7 @@ impl LogState {
             next_seq: 1,
             dropped: 0,
             cursor: 0,
+            orgless: 0,
         }
     }
 }
@@ -142,7 +145,17 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
     let launch = {
         let mut s = LOG.exclusive();
         let start = s.cursor;
-        let slot = (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used);
+        // Entries that name no org (anyone can make those, by the million)
+        // may fill at most half the queue, so they cannot crowd out the
+        // entries of real tenants.
+        let slot = if org.is_none() && s.orgless >= QUEUE / 2 {
+            None
+        } else {
+            (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used)
+        };
+        if slot.is_some() && org.is_none() {
+            s.orgless += 1;
+        }
         match slot {
             None => s.dropped += 1,
             Some(i) => {
@@ -226,7 +239,9 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     s.workers[slot].heartbeat = now;
     s.workers[slot].state = 2;
     let mut rows = Vec::new();
+    let mut freed_orgless = 0;
     for e in s.entries.iter_mut().filter(|e| e.used && e.db == db) {
+        freed_orgless += (!e.has_org) as usize;
         rows.push(Row {
             seq: e.seq,
             at: e.at,
@@ -238,6 +253,7 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
         });
         e.used = false;
     }
+    s.orgless = s.orgless.saturating_sub(freed_orgless);
     // Exit decision taken under the same lock enqueuers use, so nothing is stranded.
     let exit = rows.is_empty() && now - idle_since > IDLE_EXIT_US;
     if exit {

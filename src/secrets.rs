@@ -49,16 +49,40 @@ pub fn open(envelope_bytes: &[u8], aad: &[u8]) -> Vec<u8> {
     envelope::open(k.subkey(Purpose::Secrets), envelope_bytes, aad).unwrap_or_else(|e| fail(e))
 }
 
+/// encrypt()/decrypt() prefix the caller's associated data with this, so they
+/// can neither decrypt nor forge a stored secret's envelope (whose binding
+/// starts with "tenant_guard/v1/secret\0").
+fn user_aad(aad: &[u8]) -> Vec<u8> {
+    [&b"tenant_guard/v1/user\0"[..], aad].concat()
+}
+
 /// Service role only: encrypt arbitrary bytes under the current key, bound to `aad`.
-#[pg_extern(volatile, parallel_unsafe)]
+/// (SECURITY DEFINER only so that its errors do not log the statement; see finalize.sql.)
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn encrypt(plaintext: &[u8], aad: default!(&[u8], "''")) -> Vec<u8> {
-    seal(plaintext, aad)
+    seal(plaintext, &user_aad(aad))
 }
 
 /// Service role only: decrypt an envelope made by encrypt() with the same `aad`.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn decrypt(ciphertext: &[u8], aad: default!(&[u8], "''")) -> Vec<u8> {
-    open(ciphertext, aad)
+    open(ciphertext, &user_aad(aad))
+}
+
+/// Kinds tenant_guard manages itself (through their own functions).
+const RESERVED_KINDS: [&str; 2] = ["webhook", "wordpress"];
+
+fn check_user_kind(kind: &str) {
+    if RESERVED_KINDS.contains(&kind) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("kind \"{kind}\" is reserved"),
+            Some("Use put_wordpress_credentials() or the webhook endpoint functions."),
+            None,
+        );
+    }
 }
 
 fn check_kind_name(kind: &str, name: &str) {
@@ -128,6 +152,7 @@ fn admin_org() -> [u8; 16] {
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn put_secret(kind: &str, name: &str, secret: &str) -> Uuid {
+    check_user_kind(kind);
     store(admin_org(), kind, name, secret.as_bytes())
 }
 
@@ -135,6 +160,7 @@ fn put_secret(kind: &str, name: &str, secret: &str) -> Uuid {
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn put_secret_for(org_id: Uuid, kind: &str, name: &str, secret: &str) -> Uuid {
+    check_user_kind(kind);
     store(*org_id.as_bytes(), kind, name, secret.as_bytes())
 }
 
@@ -151,6 +177,7 @@ fn get_secret(org_id: Uuid, kind: &str, name: &str) -> Option<String> {
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn delete_secret(kind: &str, name: &str) -> bool {
+    check_user_kind(kind);
     let org = admin_org();
     Spi::get_one_with_args::<bool>(
         "WITH d AS (DELETE FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3 RETURNING 1)

@@ -27,8 +27,11 @@ fn hmac_sha256(data: &[u8], key: &[u8]) -> Vec<u8> {
     wh::hmac_sha256(key, &[data]).to_vec()
 }
 
-/// Standard Webhooks signature header value `v1,<base64>`.
-#[pg_extern(immutable, parallel_safe)]
+/// Standard Webhooks signature header value `v1,<base64>`. SECURITY DEFINER
+/// only so that finalize.sql can keep its errors from logging the statement
+/// (which holds the secret); it reads no table.
+#[pg_extern(immutable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn webhook_sign(secret: &str, msg_id: &str, ts: i64, payload: &str) -> String {
     wh::standard_sign(&key_or_error(secret), msg_id, ts, payload.as_bytes())
 }
@@ -105,7 +108,9 @@ fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64, pa
     for slot in slots {
         if let Some(secret) = secrets::load(org, KIND, &format!("{endpoint_id}:{slot}")) {
             let secret = zeroize::Zeroizing::new(secret);
-            let key = wh::standard_key(std::str::from_utf8(&secret).unwrap_or("")).unwrap_or_default();
+            let Some(key) = std::str::from_utf8(&secret).ok().and_then(wh::standard_key) else {
+                raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "the endpoint's stored signing secret is malformed", None, None)
+            };
             sigs.push(wh::standard_sign(&key, msg_id, ts, payload.as_bytes()));
         }
     }

@@ -51,9 +51,23 @@ fn create_authenticate_and_context() {
     exec(&mut app, "ROLLBACK; BEGIN");
     auth(&mut app, &key).unwrap();
     assert_eq!(val(&mut app, "SELECT count(*) FROM docs").unwrap(), "30", "RLS follows the key's org");
-    // An API key context cannot manage members.
-    let r = app.simple_query(&format!("SELECT tenant_guard.add_member('{STRANGER}', 'viewer')"));
-    assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    // An API key context cannot manage members, nor mint, rotate or revoke keys.
+    for q in [
+        format!("SELECT tenant_guard.add_member('{STRANGER}', 'viewer')"),
+        "SELECT * FROM tenant_guard.create_api_key('minted', 'member', '{*}', NULL)".to_string(),
+        format!("SELECT * FROM tenant_guard.rotate_api_key('{id}')"),
+        format!("SELECT tenant_guard.revoke_api_key('{id}')"),
+    ] {
+        exec(&mut app, "SAVEPOINT s");
+        assert_eq!(sqlstate(&app.simple_query(&q)).as_deref(), Some("42501"), "{q}");
+        exec(&mut app, "ROLLBACK TO SAVEPOINT s");
+    }
+    exec(&mut app, "ROLLBACK");
+    // Even an admin-role key.
+    let (_, admin_key) = create_key(&mut app, &w.org_a, ADMIN_A, "'admin-key', 'admin'");
+    exec(&mut app, "BEGIN");
+    auth(&mut app, &admin_key).unwrap();
+    assert_eq!(sqlstate(&app.simple_query("SELECT * FROM tenant_guard.create_api_key('minted', 'admin')")).as_deref(), Some("42501"));
     exec(&mut app, "ROLLBACK");
 }
 
@@ -323,6 +337,29 @@ fn import_existing_hashes() {
 }
 
 #[test]
+fn keys_and_secrets_given_as_literals_stay_out_of_the_log() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    // Errors inside these functions would normally log the statement, literal and all.
+    let _ = app.simple_query("SELECT tenant_guard.authenticate('tgk_LITERALKEYMARKER0123456789abcdefghijklmn0000')");
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    let r = app.simple_query("SELECT tenant_guard.put_secret('smtp', 'pw', 'LITERALSECRETMARKER')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    exec(&mut app, "ROLLBACK");
+    let _ = app.simple_query("SELECT tenant_guard.authenticate_jwt('LITERALJWTMARKER.x.y')");
+    let _ = app.simple_query("SELECT tenant_guard.webhook_sign('whsec_LITERALWHSECMARKER%%%', 'm', 1, 'p')");
+    // A statement that fails outside them is logged as usual (the control).
+    let _ = app.simple_query("SELECT 'CONTROLMARKER'::int");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = cluster().server_log();
+    assert!(log.contains("CONTROLMARKER"), "the log does record failing statements");
+    for m in ["LITERALKEYMARKER", "LITERALSECRETMARKER", "LITERALJWTMARKER", "LITERALWHSECMARKER"] {
+        assert!(!log.contains(m), "{m} reached the server log");
+    }
+}
+
+#[test]
 fn general_rate_limit() {
     let db = cluster().fresh_db();
     let mut app = db.app();
@@ -335,6 +372,26 @@ fn general_rate_limit() {
     assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
     let r = app.simple_query("SELECT tenant_guard.rate_limit('x', 1, '0')");
     assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    // Nobody parks a bucket for a thousand years...
+    let r = app.simple_query("SELECT tenant_guard.rate_limit('login:alice', 1, '1000 years')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    // ...and other parameters mean another bucket, not alice's.
+    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('login:alice', 1, '1 day')").unwrap(), "t");
+    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('login:bob', 1, '1 minute', 2)").unwrap(), "t");
+}
+
+#[test]
+fn rate_limit_buckets_are_per_org() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    begin_as(&mut app, &w.org_a, OWNER_A);
+    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('exports', 1, '1 hour')").unwrap(), "t");
+    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('exports', 1, '1 hour')").unwrap(), "f");
+    exec(&mut app, "COMMIT");
+    begin_as(&mut app, &w.org_b, OWNER_B);
+    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('exports', 1, '1 hour')").unwrap(), "t", "org B has its own bucket");
+    exec(&mut app, "COMMIT");
 }
 
 #[test]

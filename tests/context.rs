@@ -347,10 +347,35 @@ fn self_approval_is_refused() {
     begin_as(&mut app, &w.org_a, MEMBER_A);
     exec(&mut app, &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'refund')", w.org_a));
     exec(&mut app, "COMMIT");
-    // someone else approves: fine
+    // someone else approves, naming themselves: fine
     begin_as(&mut app, &w.org_a, ADMIN_A);
     assert_eq!(affected(&mut app, &format!("UPDATE requests SET approver = '{ADMIN_A}'")), 1);
     exec(&mut app, "COMMIT");
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    exec(&mut app, &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'second')", w.org_a));
+    exec(&mut app, "COMMIT");
+    let attacks = [
+        // hand my request to a colleague, then approve it myself
+        (MEMBER_A, format!("UPDATE requests SET requester = '{VIEWER_A}' WHERE what = 'second'")),
+        // record an approval in someone else's name
+        (OWNER_A, format!("UPDATE requests SET approver = '{ADMIN_A}' WHERE what = 'second'")),
+        // insert a request of a colleague, pre-approved by me
+        (MEMBER_A, format!("INSERT INTO requests (org_id, requester, approver) VALUES ('{}', '{VIEWER_A}', '{MEMBER_A}')", w.org_a)),
+    ];
+    for (user, sql) in attacks {
+        begin_as(&mut app, &w.org_a, user);
+        assert_eq!(sqlstate(&app.simple_query(&sql)).as_deref(), Some("42501"), "{sql}");
+        exec(&mut app, "ROLLBACK");
+    }
+    // ...and an API key context (no user) cannot approve at all.
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    let key = rows(&mut app, "SELECT api_key FROM tenant_guard.create_api_key('k', 'admin')")[0][0].clone().unwrap();
+    exec(&mut app, "COMMIT");
+    exec(&mut app, "BEGIN");
+    app.query_one("SELECT tenant_guard.authenticate($1)::text", &[&key]).unwrap();
+    let r = app.simple_query(&format!("UPDATE requests SET approver = '{ADMIN_A}' WHERE what = 'second'"));
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    exec(&mut app, "ROLLBACK");
     // bad column names are a clear error
     let r = dba.simple_query("SELECT tenant_guard.forbid_self_approval('requests', 'nope', 'approver')");
     assert_eq!(sqlstate(&r).as_deref(), Some("42703"));
@@ -506,12 +531,18 @@ fn protect_validates_quotes_and_is_idempotent() {
         "1",
         "one index on the org column, not two"
     );
+    // RLS bypasses are taken away from everyone but the owner.
+    exec(&mut dba, "GRANT ALL ON plain TO app; GRANT TRUNCATE, TRIGGER, REFERENCES ON plain TO PUBLIC");
+    exec(&mut dba, "SELECT tenant_guard.protect('plain', 'tenant')");
+    let mut app = db.app();
+    assert_eq!(sqlstate(&app.simple_query("TRUNCATE plain")).as_deref(), Some("42501"), "TRUNCATE ignores RLS");
+    assert_eq!(val(&mut dba, "SELECT has_table_privilege('app', 'plain', 'TRIGGER') OR has_table_privilege('app', 'plain', 'REFERENCES')").unwrap(), "f");
+    assert_eq!(val(&mut dba, "SELECT has_table_privilege('app', 'plain', 'SELECT')").unwrap(), "t", "ordinary grants stay");
     // unprotect
-    exec(&mut dba, "SELECT tenant_guard.protect('plain', 'tenant'); SELECT tenant_guard.unprotect('plain')");
+    exec(&mut dba, "SELECT tenant_guard.unprotect('plain')");
     assert_eq!(val(&mut dba, "SELECT relrowsecurity FROM pg_class WHERE relname = 'plain'").unwrap(), "f");
     assert_eq!(val(&mut dba, "SELECT count(*) FROM pg_policies WHERE tablename = 'plain'").unwrap(), "0");
     // only the owner can protect/unprotect
-    let mut app = db.app();
     let r = app.simple_query("SELECT tenant_guard.unprotect('docs_does_not_exist')");
     assert!(r.is_err());
 }

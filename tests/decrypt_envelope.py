@@ -29,8 +29,9 @@ def main(argv):
         passphrase, env_hex, org, kind, name = argv[1:6]
         aad = secret_aad(org, kind, name)
     else:
+        # encrypt()/decrypt() prefix the caller's associated data.
         passphrase, env_hex, aad_hex = argv[0:3]
-        aad = bytes.fromhex(aad_hex)
+        aad = b"tenant_guard/v1/user\x00" + bytes.fromhex(aad_hex)
     env = bytes.fromhex(env_hex)
     if len(env) < 33 or env[0] != 1:
         raise SystemExit("not a v1 envelope")

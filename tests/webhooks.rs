@@ -121,7 +121,7 @@ fn stripe_github_slack() {
 #[test]
 fn replayed_ids_are_refused() {
     let db = cluster().fresh_db();
-    let mut app = db.app();
+    let mut app = db.svc(); // inbound webhook handlers are server code
     let now = now();
     let sig: String = app.query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &now, &PAYLOAD]).unwrap().get(0);
     let once = |c: &mut Client, source: &str, header: &str| -> bool {
@@ -132,8 +132,13 @@ fn replayed_ids_are_refused() {
     assert!(!once(&mut app, "billing", &sig), "replay refused");
     assert!(!once(&mut app, "billing", &sig), "replay refused again");
     assert!(once(&mut app, "other-source", &sig), "sources are separate");
-    // The table itself is closed.
-    assert_eq!(sqlstate(&app.simple_query("DELETE FROM tenant_guard.webhook_seen")).as_deref(), Some("42501"));
+    let r = app.query_one("SELECT tenant_guard.webhook_verify_once('x', $1, 'm', 1, 'p', 'v1,AAAA', '100 years')", &[&SECRET]);
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"), "the window is capped");
+    // A plain role can neither record ids (and so block real deliveries) nor touch the table.
+    let mut plain = db.app();
+    let r = plain.query_one("SELECT tenant_guard.webhook_verify_once('billing', $1, 'msg_future', $2, $3, $4)", &[&SECRET, &now, &PAYLOAD, &sig]);
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    assert_eq!(sqlstate(&plain.simple_query("DELETE FROM tenant_guard.webhook_seen")).as_deref(), Some("42501"));
 }
 
 fn endpoint(app: &mut Client, org: &str, user: &str, url: &str) -> (String, String) {
@@ -160,7 +165,14 @@ fn endpoints_and_signed_outbox() {
     let w = world(&db);
     let mut app = db.app();
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    let r = app.simple_query("SELECT * FROM tenant_guard.create_webhook_endpoint('http://insecure.example.com/hook')");
+    for url in ["http://insecure.example.com/hook", "https://127.0.0.1/hook", "https://localhost:8443/x", "https://169.254.169.254/latest", "https://[::1]/x", "https://10.1.2.3/x"] {
+        exec(&mut app, "SAVEPOINT s");
+        let r = app.simple_query(&format!("SELECT * FROM tenant_guard.create_webhook_endpoint('{url}')"));
+        assert_eq!(sqlstate(&r).as_deref(), Some("22023"), "{url}");
+        exec(&mut app, "ROLLBACK TO SAVEPOINT s");
+    }
+    // Endpoint secrets are managed by these functions only.
+    let r = app.simple_query("SELECT tenant_guard.put_secret('webhook', 'x:current', 'whsec_AAAA')");
     assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
     exec(&mut app, "ROLLBACK");
     begin_as(&mut app, &w.org_a, MEMBER_A);
