@@ -454,6 +454,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r record;
+    pol record;
     kind "char";
     has_index boolean;
     rl text;
@@ -475,17 +476,15 @@ BEGIN
     FOR r IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
         EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', r.relid::regclass);
         EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.relid::regclass);
-        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_isolation ON %s', r.relid::regclass);
-        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_select ON %s', r.relid::regclass);
-        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_insert ON %s', r.relid::regclass);
-        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_update ON %s', r.relid::regclass);
-        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_delete ON %s', r.relid::regclass);
+        -- Idempotent: drop what an earlier protect() made (quietly).
+        FOR pol IN SELECT polname FROM pg_policy WHERE polrelid = r.relid AND polname LIKE 'tenant\_guard\_%' LOOP
+            EXECUTE format('DROP POLICY %I ON %s', pol.polname, r.relid::regclass);
+        END LOOP;
         -- One RESTRICTIVE policy per command carries the whole rule, so no
         -- other policy can widen access beyond the org and role; the single
         -- PERMISSIVE policy is just `true` (RLS needs one to grant anything).
         -- `org = current_org_id_if(role)` is one stable expression: an index
         -- condition evaluated once per scan, not a per-row filter.
-        EXECUTE format('DROP POLICY IF EXISTS tenant_guard_allow ON %s', r.relid::regclass);
         EXECUTE format('CREATE POLICY tenant_guard_select ON %s AS RESTRICTIVE FOR SELECT USING (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, read_role);
         EXECUTE format('CREATE POLICY tenant_guard_insert ON %s AS RESTRICTIVE FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
@@ -534,8 +533,8 @@ DECLARE
     p text;
 BEGIN
     FOR r IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
-        FOREACH p IN ARRAY ARRAY['isolation', 'allow', 'select', 'insert', 'update', 'delete'] LOOP
-            EXECUTE format('DROP POLICY IF EXISTS %I ON %s', 'tenant_guard_' || p, r.relid::regclass);
+        FOR p IN SELECT polname FROM pg_policy WHERE polrelid = r.relid AND polname LIKE 'tenant\_guard\_%' LOOP
+            EXECUTE format('DROP POLICY %I ON %s', p, r.relid::regclass);
         END LOOP;
         EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', r.relid::regclass);
         EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', r.relid::regclass);

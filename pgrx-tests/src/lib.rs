@@ -317,6 +317,14 @@ impl Cluster {
         run(c, tool)
     }
 
+    /// Like run_tool, with stderr merged into stdout in order (for showing a
+    /// psql session, errors included).
+    pub fn run_tool_merged(&self, tool: &str, args: &[&str]) -> String {
+        let mut c = as_postgres(Path::new("/bin/sh"));
+        c.arg("-c").arg("exec \"$0\" \"$@\" 2>&1").arg(self.bindir.join(tool)).args(args);
+        run(c, tool)
+    }
+
     pub fn reload(&self) {
         let mut c = as_postgres(&self.bindir.join("pg_ctl"));
         c.args(["reload", "-D"]).arg(&self.datadir);

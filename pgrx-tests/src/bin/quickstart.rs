@@ -14,7 +14,7 @@ fn main() {
     let copy = cluster.datadir.join("quickstart.sql");
     std::fs::copy(&script, &copy).expect("copy script");
     let port = cluster.port.to_string();
-    let out = cluster.run_tool(
+    let out = cluster.run_tool_merged(
         "psql",
         &["-X", "-h", "127.0.0.1", "-p", &port, "-U", "dba", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-e", "-f", copy.to_str().unwrap()],
     );
