@@ -34,6 +34,7 @@ fn main() {
         "SELECT count(tenant_guard.put_secret_for('{org}', 'bench', n::text, v)) FROM plain"
     ))
     .unwrap();
+    svc.batch_execute("CREATE TEMP TABLE env AS SELECT n, tenant_guard.encrypt(convert_to(v, 'UTF8'), 'bench'::bytea) AS ct FROM plain").unwrap();
     dba.batch_execute("ANALYZE").unwrap();
     let len: i32 = svc.query_one("SELECT length(v) FROM plain LIMIT 1", &[]).unwrap().get(0);
     // Same answers everywhere.
@@ -83,10 +84,7 @@ fn main() {
         v[0].push(stmt(&format!("SELECT count(tenant_guard.get_secret('{org}', 'bench', n::text)) FROM plain"), &mut svc));
         v[1].push(stmt("SELECT count(pgp_sym_decrypt(ct, 'bench-key')) FROM pgp", &mut svc));
         v[2].push(stmt("SELECT count(decrypt(ct, 'bench-key-0123456789abcdef01234', 'aes')) FROM cbc", &mut svc));
-        v[3].push(stmt(
-            &format!("SELECT count(tenant_guard.decrypt(ciphertext, 'tenant_guard/v1/secret'::bytea || '\\x00'::bytea || uuid_send('{org}') || int4send(5) || 'bench'::bytea || int4send(length(name)) || convert_to(name, 'UTF8'))) FROM tenant_guard.secrets"),
-            &mut svc,
-        ));
+        v[3].push(stmt("SELECT count(tenant_guard.decrypt(ct, 'bench'::bytea)) FROM env", &mut svc));
         v[4].push(stmt("SELECT count((SELECT decrypt(c.ct, 'bench-key-0123456789abcdef01234', 'aes') FROM cbc c WHERE c.n = p.n)) FROM plain p", &mut svc));
         v[5].push(stmt("SELECT count((SELECT pgp_sym_decrypt(c.ct, 'bench-key') FROM pgp c WHERE c.n = p.n)) FROM plain p", &mut svc));
     }

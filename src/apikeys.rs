@@ -21,6 +21,7 @@ use std::cell::RefCell;
 const RATE_LIMITED: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
 
 fn invalid_key() -> ! {
+    crate::error::hide_statement_from_log();
     raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "invalid API key", None, None)
 }
 
@@ -101,6 +102,7 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
     if d.limited {
         reqlog::record(Outcome::RateLimited, Some(org), Some(id), action, addr.as_deref());
         let ms = (d.retry_after.max(0) + 999) / 1000;
+        crate::error::hide_statement_from_log();
         raise(
             RATE_LIMITED,
             "API key rate limit exceeded",

@@ -215,14 +215,18 @@ fn authenticate_jwt(token: Option<&str>) -> Uuid {
     let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify(token, secret, now_epoch()));
     let claims = match claims {
         Ok(c) => c,
-        Err(e) => raise(
+        Err(e) => {
+            crate::error::hide_statement_from_log();
+            raise(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             "invalid token",
             Some(&format!("The JWT was rejected: {e}.")),
             None,
-        ),
+        )
+        }
     };
     let Some(role) = membership_role(claims.org_id, claims.sub) else {
+        crate::error::hide_statement_from_log();
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             "invalid token",

@@ -16,3 +16,22 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<&s
     unreachable!("ERROR does not return")
 }
 
+
+/// Before raising an error in a function that received a key or secret as an
+/// argument: keep PostgreSQL from logging the calling statement (and the
+/// literal in it) with this error. Transaction-local, so the abort that
+/// follows restores the setting. Costs nothing on the success path.
+pub fn hide_statement_from_log() {
+    unsafe {
+        pgrx::pg_sys::set_config_option(
+            c"log_min_error_statement".as_ptr(),
+            c"panic".as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_SUSET,
+            pgrx::pg_sys::GucSource::PGC_S_SESSION,
+            pgrx::pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}

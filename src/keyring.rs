@@ -67,6 +67,7 @@ pub fn current() -> Rc<KeySet> {
 pub fn with_jwt_secret<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     let secret = unsafe { gucs::raw_value(&gucs::JWT_SECRET) }.unwrap_or(b"");
     if secret.is_empty() {
+        crate::error::hide_statement_from_log();
         raise(
             NOT_READY,
             "tenant_guard.jwt_secret is not set",
@@ -75,6 +76,7 @@ pub fn with_jwt_secret<R>(f: impl FnOnce(&[u8]) -> R) -> R {
         )
     }
     if secret.len() < MIN_JWT_SECRET_LEN {
+        crate::error::hide_statement_from_log();
         raise(NOT_READY, format!("tenant_guard.jwt_secret is too short (minimum {MIN_JWT_SECRET_LEN} bytes)"), None, None)
     }
     f(secret)
