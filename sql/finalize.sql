@@ -602,6 +602,31 @@ BEGIN
 END
 $$;
 
+---------------------------------------------------------------- protection guard
+CREATE FUNCTION tenant_guard._guard_new_tables()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+BEGIN
+    IF current_setting('tenant_guard.require_protection') = 'off' THEN
+        RETURN;
+    END IF;
+    FOR c IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
+        IF EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.objid AND a.attname = 'org_id'
+                     AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) THEN
+            PERFORM tenant_guard._note_unprotected_table(c.objid);
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER tenant_guard_require_protection ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION tenant_guard._guard_new_tables();
+
 ---------------------------------------------------------------- backups
 -- Tables of an extension are left out of pg_dump unless registered: without
 -- this a dump would hold no organization, member, key or log row.
@@ -633,7 +658,8 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.add_member(uuid, text), tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid),
     tenant_guard.protect(regclass, name, text, text, text), tenant_guard.unprotect(regclass),
     tenant_guard.forbid_self_approval(regclass, name, name), tenant_guard._forbid_self_approval(),
-    tenant_guard._org_column_check(regclass, name),
+    tenant_guard._org_column_check(regclass, name), tenant_guard._guard_new_tables(),
+    tenant_guard._note_unprotected_table(oid),
     tenant_guard.authenticate(text, text, inet), tenant_guard.create_api_key(text, text, text[], interval, int),
     tenant_guard.rotate_api_key(uuid, interval), tenant_guard.revoke_api_key(uuid),
     tenant_guard.rate_limit(text, int, interval, int), tenant_guard._rate_limit(text, int, bigint, int),

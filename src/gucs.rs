@@ -5,6 +5,7 @@
 //! check hook refuses values that would be stored in a catalog PUBLIC can read.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::PostgresGucEnum;
 use pgrx::pg_sys;
 use pgrx::pg_guard;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -17,6 +18,20 @@ pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString
 pub static CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub const CONTEXT_NAME: &CStr = c"tenant_guard.context";
+
+/// What happens to a new table with an org_id column that is still
+/// unprotected when its transaction commits (see guard.rs).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RequireProtection {
+    #[name = c"off"]
+    Off,
+    #[name = c"warn"]
+    Warn,
+    #[name = c"error"]
+    Error,
+}
+
+pub static REQUIRE_PROTECTION: GucSetting<RequireProtection> = GucSetting::<RequireProtection>::new(RequireProtection::Warn);
 
 /// Bumped whenever a key-bearing setting changes (SET, RESET, reload,
 /// transaction rollback), so cached keys are re-derived on next use.
@@ -114,6 +129,14 @@ pub fn init() {
             c"Signed request context; set only by tenant_guard's verifying functions.",
             c"Transaction-scoped. A value not signed by this server for the current transaction is ignored.",
             &CONTEXT,
+            GucContext::Suset,
+            GucFlags::empty(),
+        );
+        GucRegistry::define_enum_guc(
+            c"tenant_guard.require_protection",
+            c"off, warn or error: what to do when a new table with an org_id column is committed without protect().",
+            c"",
+            &REQUIRE_PROTECTION,
             GucContext::Suset,
             GucFlags::empty(),
         );

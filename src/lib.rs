@@ -17,6 +17,7 @@ pub mod webhook;
 mod apikeys;
 mod context;
 mod error;
+mod guard;
 mod gucs;
 mod keyring;
 mod ratelimit;

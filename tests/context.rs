@@ -637,3 +637,43 @@ fn pgbouncer_transaction_pooling_never_carries_a_context_over() {
         assert_eq!(val(&mut tenant_b, "SELECT count(*) FROM docs").unwrap(), "0");
     }
 }
+
+#[test]
+fn require_protection_guard() {
+    let db = cluster().fresh_db();
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = warnings.clone();
+    let mut dba = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cluster().port)
+        .user("dba")
+        .dbname(&db.name)
+        .notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    // Default: warn at commit.
+    exec(&mut dba, "CREATE TABLE careless (id int, org_id uuid)");
+    assert!(warnings.lock().unwrap().iter().any(|w| w.contains("careless")), "{:?}", warnings.lock().unwrap());
+    warnings.lock().unwrap().clear();
+    // Created and protected in one transaction: no warning. Tables without org_id: none either.
+    exec(&mut dba, "BEGIN; CREATE TABLE careful (org_id uuid NOT NULL); SELECT tenant_guard.protect('careful'); COMMIT");
+    exec(&mut dba, "CREATE TABLE unrelated (id int)");
+    assert!(!warnings.lock().unwrap().iter().any(|w| w.contains("row-level security")), "{:?}", warnings.lock().unwrap());
+    // error: the commit is refused, and the table is gone.
+    exec(&mut dba, "SET tenant_guard.require_protection = error");
+    let r = dba.simple_query("CREATE TABLE refused (org_id uuid)");
+    assert_eq!(sqlstate(&r).as_deref(), Some("55000"), "{}", full_error(&r));
+    assert_eq!(val(&mut dba, "SELECT count(*) FROM pg_class WHERE relname = 'refused'").unwrap(), "0");
+    exec(&mut dba, "BEGIN; CREATE TABLE accepted (org_id uuid); SELECT tenant_guard.protect('accepted'); COMMIT");
+    // A new partition of a protected table is caught too.
+    exec(&mut dba, "BEGIN; CREATE TABLE parted (org_id uuid NOT NULL, n int) PARTITION BY HASH (org_id);
+                    CREATE TABLE parted_0 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+                    SELECT tenant_guard.protect('parted'); COMMIT");
+    let r = dba.simple_query("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 1)");
+    assert_eq!(sqlstate(&r).as_deref(), Some("55000"));
+    exec(&mut dba, "BEGIN; CREATE TABLE parted_1 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+                    SELECT tenant_guard.protect('parted'); COMMIT");
+    // Only a superuser decides.
+    let mut app = db.app();
+    assert_eq!(sqlstate(&app.simple_query("SET tenant_guard.require_protection = off")).as_deref(), Some("42501"));
+}
