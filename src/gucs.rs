@@ -91,39 +91,28 @@ unsafe extern "C-unwind" fn assign_key(_newval: *const c_char, _extra: *mut c_vo
 pub fn init() {
     let secret_flags = GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL; // NO_SHOW_ALL includes NOT_IN_SAMPLE
     unsafe {
-        GucRegistry::define_string_guc_with_hooks(
-            c"tenant_guard.passphrase",
-            c"Server-side passphrase from which tenant_guard derives its keys (superuser only).",
-            c"At least 32 bytes; generate it, e.g. `openssl rand -base64 48`. Set it in a configuration file only the server can read.",
-            &PASSPHRASE,
-            GucContext::Suset,
-            secret_flags,
-            Some(check_secret),
-            Some(assign_key),
-            None,
-        );
-        GucRegistry::define_string_guc_with_hooks(
-            c"tenant_guard.old_passphrases",
-            c"Comma-separated previous passphrases, still accepted for decryption during rotation (superuser only).",
-            c"",
-            &OLD_PASSPHRASES,
-            GucContext::Suset,
-            secret_flags,
-            Some(check_secret),
-            Some(assign_key),
-            None,
-        );
-        GucRegistry::define_string_guc_with_hooks(
-            c"tenant_guard.jwt_secret",
-            c"HS256 secret that authenticate_jwt() verifies tokens with (superuser only).",
-            c"At least 32 bytes.",
-            &JWT_SECRET,
-            GucContext::Suset,
-            secret_flags,
-            Some(check_secret),
-            None,
-            None,
-        );
+        // Key-bearing secrets bump the key generation when they change; the
+        // JWT secret is read afresh on every use.
+        let secrets: [(&'static CStr, &'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, pg_sys::GucStringAssignHook); 3] = [
+            (
+                c"tenant_guard.passphrase",
+                c"Server-side passphrase from which tenant_guard derives its keys (superuser only).",
+                c"At least 32 bytes; generate it, e.g. `openssl rand -base64 48`. Set it in a configuration file only the server can read.",
+                &PASSPHRASE,
+                Some(assign_key),
+            ),
+            (
+                c"tenant_guard.old_passphrases",
+                c"Comma-separated previous passphrases, still accepted for decryption during rotation (superuser only).",
+                c"",
+                &OLD_PASSPHRASES,
+                Some(assign_key),
+            ),
+            (c"tenant_guard.jwt_secret", c"HS256 secret that authenticate_jwt() verifies tokens with (superuser only).", c"At least 32 bytes.", &JWT_SECRET, None),
+        ];
+        for (name, short, long, setting, assign) in secrets {
+            GucRegistry::define_string_guc_with_hooks(name, short, long, setting, GucContext::Suset, secret_flags, Some(check_secret), assign, None);
+        }
         GucRegistry::define_string_guc(
             CONTEXT_NAME,
             c"Signed request context; set only by tenant_guard's verifying functions.",
