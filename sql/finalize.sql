@@ -90,6 +90,8 @@ RETURNS boolean
 LANGUAGE sql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT tenant_guard._rate_limit(bucket, per_period, (extract(epoch FROM period) * 1000000)::bigint, burst) $$;
+COMMENT ON FUNCTION tenant_guard.rate_limit(text, int, interval, int) IS
+    'GCRA: true when this call is admitted; buckets are per database and org; NULL arguments raise 22004';
 
 ---------------------------------------------------------------- secrets
 -- Migration from pgcrypto: decrypt rows of `source` (columns org_id uuid,
@@ -125,6 +127,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     org uuid := tenant_guard.current_org_id();
+    host text;
+    addr inet;
 BEGIN
     PERFORM tenant_guard.require_role('admin');
     IF url IS NULL OR url !~ '^https://[^/@\s]+(/\S*)?$' THEN
@@ -132,9 +136,25 @@ BEGIN
     END IF;
     -- Obvious internal targets (the delivery worker must still check the
     -- addresses a name resolves to: a public name can point inside).
-    IF lower(substring(url FROM '^https://([^/:]+|\[[^]]+\])')) ~
-       '^(localhost|.*\.localhost|.*\.internal|127\.|10\.|0\.|169\.254\.|192\.168\.|172\.(1[6-9]|2[0-9]|3[01])\.|\[)' THEN
+    host := lower(substring(url FROM '^https://([^/:?#]+|\[[^]]+\])'));
+    IF host ~ '^(localhost|.*\.localhost|.*\.internal|.*\.local)$' THEN
         RAISE EXCEPTION 'url must not point at a loopback, private or link-local address' USING ERRCODE = '22023';
+    END IF;
+    IF host ~ '^\[.*\]$' OR host ~ '^[0-9a-fx.]+$' THEN
+        -- A literal address: only a canonical public one (no 0x7f.1, 2130706433, 0177.0.0.1 tricks).
+        BEGIN
+            addr := btrim(host, '[]')::inet;
+        EXCEPTION WHEN others THEN
+            RAISE EXCEPTION 'url has an address that is not a canonical IP address' USING ERRCODE = '22023';
+        END;
+        IF host !~ '^\[' AND host(addr) <> host THEN
+            RAISE EXCEPTION 'url has an address that is not a canonical IP address' USING ERRCODE = '22023';
+        END IF;
+        IF addr <<= ANY (ARRAY['0.0.0.0/8', '10.0.0.0/8', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16', '172.16.0.0/12',
+                               '192.0.0.0/24', '192.168.0.0/16', '198.18.0.0/15', '224.0.0.0/3', '::/128', '::1/128',
+                               '::ffff:0:0/96', 'fc00::/7', 'fe80::/10', 'ff00::/8']::inet[]) THEN
+            RAISE EXCEPTION 'url must not point at a loopback, private or link-local address' USING ERRCODE = '22023';
+        END IF;
     END IF;
     IF events IS NULL OR cardinality(events) = 0 OR array_position(events, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'events must be a non-empty list (''*'' for all)' USING ERRCODE = '22023';
@@ -499,17 +519,24 @@ BEGIN
 
     -- TRUNCATE ignores RLS, a trigger runs inside other tenants' transactions
     -- and foreign keys check rows regardless of RLS: only the owner keeps them.
-    FOR r IN SELECT p.relid, a.grantee
+    FOR r IN SELECT DISTINCT p.relid, a.grantee
                FROM (SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl) p
                JOIN pg_class c ON c.oid = p.relid,
                     LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
               WHERE a.grantee <> c.relowner AND a.privilege_type IN ('TRUNCATE', 'TRIGGER', 'REFERENCES')
-              GROUP BY p.relid, a.grantee
     LOOP
-        EXECUTE format('REVOKE TRUNCATE, TRIGGER, REFERENCES ON %s FROM %s', r.relid::regclass,
+        EXECUTE format('REVOKE TRUNCATE, TRIGGER, REFERENCES ON %s FROM %s CASCADE', r.relid::regclass,
                        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
-        RAISE NOTICE 'revoked TRUNCATE, TRIGGER and REFERENCES on % from %', r.relid::regclass,
-                     CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r.grantee) END;
+    END LOOP;
+    -- What a third party granted (with grant option) may survive: say so.
+    FOR r IN SELECT DISTINCT p.relid, a.grantee
+               FROM (SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl) p
+               JOIN pg_class c ON c.oid = p.relid,
+                    LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+              WHERE a.grantee <> c.relowner AND a.privilege_type IN ('TRUNCATE', 'TRIGGER', 'REFERENCES')
+    LOOP
+        RAISE WARNING '% still holds TRUNCATE, TRIGGER or REFERENCES on % (granted by another role); revoke it as that role',
+            CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r.grantee)::text END, r.relid::regclass;
     END LOOP;
 
     SELECT EXISTS (
@@ -554,18 +581,23 @@ DECLARE
     approver text := new_row ->> TG_ARGV[1];
     me text := tenant_guard.current_user_id()::text;
 BEGIN
-    -- The requester of an existing request never changes (else: hand the
-    -- request to a colleague, then approve it yourself).
-    IF TG_OP = 'UPDATE' AND requester IS DISTINCT FROM old_row ->> TG_ARGV[0] THEN
-        RAISE EXCEPTION 'the requester of a request cannot be changed' USING ERRCODE = '42501';
+    -- An AFTER trigger: it judges the row as finally written, whatever other
+    -- (BEFORE) triggers did to it.
+    IF TG_OP = 'INSERT' AND requester IS DISTINCT FROM me THEN
+        -- Requests are filed by a signed-in user in their own name (else: file
+        -- one in a colleague's name, perhaps from an API key, then approve it).
+        RAISE EXCEPTION 'a request can only be filed by a signed-in user in their own name' USING ERRCODE = '42501';
     END IF;
-    -- A user files requests in their own name only (else: file one in a
-    -- colleague's name and approve it).
-    IF TG_OP = 'INSERT' AND me IS NOT NULL AND requester IS DISTINCT FROM me THEN
-        RAISE EXCEPTION 'a request can only be filed in your own name' USING ERRCODE = '42501';
+    IF TG_OP = 'UPDATE' THEN
+        IF requester IS DISTINCT FROM old_row ->> TG_ARGV[0] THEN
+            RAISE EXCEPTION 'the requester of a request cannot be changed' USING ERRCODE = '42501';
+        END IF;
+        IF old_row ->> TG_ARGV[1] IS NOT NULL AND me IS NOT DISTINCT FROM requester AND new_row IS DISTINCT FROM old_row THEN
+            RAISE EXCEPTION 'the requester cannot change a request once it is approved' USING ERRCODE = '42501';
+        END IF;
     END IF;
-    -- Setting or changing the approver: only a signed-in user, naming themselves,
-    -- and never the requester.
+    -- Setting or changing the approver: only a signed-in user, naming
+    -- themselves, and never the requester.
     IF approver IS NOT NULL AND (TG_OP = 'INSERT' OR approver IS DISTINCT FROM old_row ->> TG_ARGV[1]) THEN
         IF me IS NULL THEN
             RAISE EXCEPTION 'approving needs a user context (not an API key, not no context)' USING ERRCODE = '42501';
@@ -577,7 +609,7 @@ BEGIN
             RAISE EXCEPTION 'a request cannot be approved by its requester' USING ERRCODE = '42501';
         END IF;
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
@@ -597,7 +629,7 @@ BEGIN
         END IF;
     END LOOP;
     EXECUTE format('DROP TRIGGER IF EXISTS tenant_guard_no_self_approval ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER tenant_guard_no_self_approval BEFORE INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION tenant_guard._forbid_self_approval(%L, %L)',
+    EXECUTE format('CREATE TRIGGER tenant_guard_no_self_approval AFTER INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION tenant_guard._forbid_self_approval(%L, %L)',
                    tbl, requester_column, approver_column);
 END
 $$;
@@ -605,7 +637,7 @@ $$;
 ---------------------------------------------------------------- protection guard
 CREATE FUNCTION tenant_guard._guard_new_tables()
 RETURNS event_trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -624,7 +656,7 @@ END
 $$;
 
 CREATE EVENT TRIGGER tenant_guard_require_protection ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION tenant_guard._guard_new_tables();
 
 ---------------------------------------------------------------- backups
@@ -658,8 +690,7 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.add_member(uuid, text), tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid),
     tenant_guard.protect(regclass, name, text, text, text), tenant_guard.unprotect(regclass),
     tenant_guard.forbid_self_approval(regclass, name, name), tenant_guard._forbid_self_approval(),
-    tenant_guard._org_column_check(regclass, name), tenant_guard._guard_new_tables(),
-    tenant_guard._note_unprotected_table(oid),
+    tenant_guard._org_column_check(regclass, name),
     tenant_guard.authenticate(text, text, inet), tenant_guard.create_api_key(text, text, text[], interval, int),
     tenant_guard.rotate_api_key(uuid, interval), tenant_guard.revoke_api_key(uuid),
     tenant_guard.rate_limit(text, int, interval, int), tenant_guard._rate_limit(text, int, bigint, int),
@@ -712,6 +743,7 @@ ALTER FUNCTION tenant_guard.put_wordpress_credentials(text, text, text) SET log_
 ALTER FUNCTION tenant_guard.webhook_sign(text, text, bigint, text) SET log_min_error_statement = panic;
 ALTER FUNCTION tenant_guard.encrypt(bytea, bytea) SET log_min_error_statement = panic;
 ALTER FUNCTION tenant_guard.decrypt(bytea, bytea) SET log_min_error_statement = panic;
+ALTER FUNCTION tenant_guard.webhook_verify_once(text, text, text, bigint, text, text, interval) SET log_min_error_statement = panic;
 -- (import_pgcrypto_secrets runs with its caller's rights, so it cannot carry
 -- this setting: pass the pgcrypto key to it as a bind parameter.)
 GRANT SELECT ON tenant_guard.api_keys, tenant_guard.request_log, tenant_guard.secrets,

@@ -70,7 +70,10 @@ fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
             expired: r.get(7)?.unwrap_or(true),
         }))
     })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api key lookup failed: {e}"), None, None))
+    .unwrap_or_else(|e| {
+        crate::error::hide_statement_from_log();
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api key lookup failed: {e}"), None, None)
+    })
 }
 
 /// Verify an API key, apply its rate limit, log the outcome and set the

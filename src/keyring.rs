@@ -48,18 +48,24 @@ pub fn current() -> Rc<KeySet> {
             CURRENT.with(|c| *c.borrow_mut() = Some((gen, k.clone())));
             k
         }
-        Err(KeyError::Missing) => raise(
+        Err(KeyError::Missing) => {
+            crate::error::hide_statement_from_log();
+            raise(
             NOT_READY,
             "tenant_guard.passphrase is not set",
             Some("tenant_guard derives its encryption and signing keys from this server-side passphrase."),
             Some("Add tenant_guard.passphrase = '<output of: openssl rand -base64 48>' to postgresql.conf (a file only the server can read) and reload."),
-        ),
-        Err(KeyError::TooShort) => raise(
+            )
+        }
+        Err(KeyError::TooShort) => {
+            crate::error::hide_statement_from_log();
+            raise(
             NOT_READY,
             format!("tenant_guard.passphrase is too short (minimum {MIN_PASSPHRASE_LEN} bytes)"),
             None,
             Some("Generate one with: openssl rand -base64 48"),
-        ),
+            )
+        }
     }
 }
 

@@ -47,6 +47,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     ratelimit::init();
     reqlog::init();
+    guard::init();
 }
 
 // In-database tests only run under `cargo pgrx test` (feature pg_test);

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 pub const KEY_SLOTS: usize = 16384;
 pub const BUCKET_SLOTS: usize = 8192;
 const PROBE: usize = 32;
-/// Bounds on `rate_limit()` parameters (a day-long period at most), so no
-/// call can park a bucket far in the future.
+/// Bounds on `rate_limit()` parameters: the period and the bucket's whole
+/// tolerance (emission interval x (burst + 1)) are at most a day.
 const MAX_PERIOD_US: i64 = 86_400_000_000;
 const MAX_COUNT: i64 = 1_000_000;
 
@@ -74,7 +74,7 @@ pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate:
     let start = (u64::from_le_bytes(key[..8].try_into().unwrap()) as usize) % N;
     let mut found = None;
     let mut free = None;
-    let mut oldest = start;
+    let mut parked = start;
     for i in 0..PROBE {
         let idx = (start + i) % N;
         let s = &t.slots[idx];
@@ -86,13 +86,16 @@ pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate:
         if free.is_none() && (s.key == [0; 16] || s.tat <= now) {
             free = Some(idx);
         }
-        if t.slots[idx].tat < t.slots[oldest].tat {
-            oldest = idx;
+        // If the window is full, give up the bucket parked furthest in the
+        // future: filling windows with long-period buckets then evicts the
+        // filler, not the short-lived buckets (and keys) of others.
+        if t.slots[idx].tat > t.slots[parked].tat {
+            parked = idx;
         }
     }
     let (idx, stored) = match found {
         Some(i) => (i, Some(t.slots[i].tat)),
-        None => (free.unwrap_or(oldest), None),
+        None => (free.unwrap_or(parked), None),
     };
     let (decision, tat) = gcra::check(rate, stored, now, quantity);
     t.slots[idx] = Slot { key, tat };
@@ -104,17 +107,21 @@ pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate:
 /// the database and, when there is a context, the org: tenants cannot touch
 /// each other's buckets, and a caller with other parameters gets another bucket.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _rate_limit(bucket: &str, per_period: i32, period_us: i64, burst: i32) -> bool {
+fn _rate_limit(bucket: Option<&str>, per_period: Option<i32>, period_us: Option<i64>, burst: Option<i32>) -> bool {
+    // Not STRICT: a NULL must not come back as NULL, which `IF NOT rate_limit(...)` would let through.
+    let (Some(bucket), Some(per_period), Some(period_us), Some(burst)) = (bucket, per_period, period_us, burst) else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "rate_limit() arguments must not be NULL", None, None)
+    };
     if period_us <= 0 || period_us > MAX_PERIOD_US {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "period must be positive and at most 1 day", None, None)
     }
     if per_period as i64 > MAX_COUNT || burst as i64 > MAX_COUNT {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "per_period and burst must be at most 1000000", None, None)
     }
-    let Some(rate) = Rate::new(per_period as i64, period_us, burst as i64) else {
+    let Some(rate) = Rate::new(per_period as i64, period_us, burst as i64).filter(|r| r.tolerance <= MAX_PERIOD_US) else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "per_period must be positive and burst non-negative",
+            "per_period must be positive, burst non-negative, and period / per_period x (burst + 1) at most 1 day",
             None,
             None,
         )

@@ -100,8 +100,8 @@ pub struct LogState {
     next_seq: u64,
     dropped: u64,
     cursor: usize,
-    /// Queued entries without an org (unknown or malformed keys).
-    orgless: usize,
+    /// Queued failure entries (anything but `ok`).
+    failures: usize,
 }
 
 unsafe impl PGRXSharedMemory for LogState {}
@@ -114,7 +114,7 @@ impl LogState {
             next_seq: 1,
             dropped: 0,
             cursor: 0,
-            orgless: 0,
+            failures: 0,
         }
     }
 }
@@ -145,16 +145,17 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
     let launch = {
         let mut s = LOG.exclusive();
         let start = s.cursor;
-        // Entries that name no org (anyone can make those, by the million)
-        // may fill at most half the queue, so they cannot crowd out the
-        // entries of real tenants.
-        let slot = if org.is_none() && s.orgless >= QUEUE / 2 {
+        // Failures (anyone can make those by the million: garbage keys, or
+        // one's own revoked or throttled key) may fill at most half the
+        // queue, so they cannot crowd out successful requests.
+        let failure = outcome != Outcome::Ok;
+        let slot = if failure && s.failures >= QUEUE / 2 {
             None
         } else {
             (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used)
         };
-        if slot.is_some() && org.is_none() {
-            s.orgless += 1;
+        if slot.is_some() && failure {
+            s.failures += 1;
         }
         match slot {
             None => s.dropped += 1,
@@ -239,9 +240,9 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     s.workers[slot].heartbeat = now;
     s.workers[slot].state = 2;
     let mut rows = Vec::new();
-    let mut freed_orgless = 0;
+    let mut freed_failures = 0;
     for e in s.entries.iter_mut().filter(|e| e.used && e.db == db) {
-        freed_orgless += (!e.has_org) as usize;
+        freed_failures += (e.outcome != Outcome::Ok as u8) as usize;
         rows.push(Row {
             seq: e.seq,
             at: e.at,
@@ -253,7 +254,7 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
         });
         e.used = false;
     }
-    s.orgless = s.orgless.saturating_sub(freed_orgless);
+    s.failures = s.failures.saturating_sub(freed_failures);
     // Exit decision taken under the same lock enqueuers use, so nothing is stranded.
     let exit = rows.is_empty() && now - idle_since > IDLE_EXIT_US;
     if exit {

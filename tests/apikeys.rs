@@ -375,6 +375,12 @@ fn general_rate_limit() {
     // Nobody parks a bucket for a thousand years...
     let r = app.simple_query("SELECT tenant_guard.rate_limit('login:alice', 1, '1000 years')");
     assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    // (a bucket whose tolerance would exceed a day is refused too)
+    let r = app.simple_query("SELECT tenant_guard.rate_limit('login:alice', 1, '1 day', 5)");
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    // NULL never comes back as NULL (which `IF NOT rate_limit(...)` would let through).
+    let r = app.simple_query("SELECT tenant_guard.rate_limit(NULL, 1, '1 minute')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("22004"));
     // ...and other parameters mean another bucket, not alice's.
     assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('login:alice', 1, '1 day')").unwrap(), "t");
     assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('login:bob', 1, '1 minute', 2)").unwrap(), "t");

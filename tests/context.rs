@@ -367,14 +367,31 @@ fn self_approval_is_refused() {
         assert_eq!(sqlstate(&app.simple_query(&sql)).as_deref(), Some("42501"), "{sql}");
         exec(&mut app, "ROLLBACK");
     }
-    // ...and an API key context (no user) cannot approve at all.
+    // ...and an API key context (no user) can neither approve nor file in someone's name.
     begin_as(&mut app, &w.org_a, ADMIN_A);
     let key = rows(&mut app, "SELECT api_key FROM tenant_guard.create_api_key('k', 'admin')")[0][0].clone().unwrap();
     exec(&mut app, "COMMIT");
-    exec(&mut app, "BEGIN");
-    app.query_one("SELECT tenant_guard.authenticate($1)::text", &[&key]).unwrap();
-    let r = app.simple_query(&format!("UPDATE requests SET approver = '{ADMIN_A}' WHERE what = 'second'"));
+    for sql in [
+        format!("UPDATE requests SET approver = '{ADMIN_A}' WHERE what = 'second'"),
+        format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{VIEWER_A}', 'filed by a key')", w.org_a),
+    ] {
+        exec(&mut app, "BEGIN");
+        app.query_one("SELECT tenant_guard.authenticate($1)::text", &[&key]).unwrap();
+        assert_eq!(sqlstate(&app.simple_query(&sql)).as_deref(), Some("42501"), "{sql}");
+        exec(&mut app, "ROLLBACK");
+    }
+    // Once approved, the requester cannot change the request (the amount, say).
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    let r = app.simple_query("UPDATE requests SET what = 'a bigger refund' WHERE approver IS NOT NULL");
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    exec(&mut app, "ROLLBACK");
+    // A BEFORE trigger of the application that fills in the approver is judged too.
+    exec(&mut dba, "CREATE FUNCTION set_approver() RETURNS trigger LANGUAGE plpgsql AS
+                      $$ BEGIN NEW.approver := tenant_guard.current_user_id(); RETURN NEW; END $$;
+                    CREATE TRIGGER zz_set_approver BEFORE UPDATE ON requests FOR EACH ROW EXECUTE FUNCTION set_approver();");
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    let r = app.simple_query("UPDATE requests SET what = 'approve me' WHERE what = 'second'");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "the requester approved through the app's trigger");
     exec(&mut app, "ROLLBACK");
     // bad column names are a clear error
     let r = dba.simple_query("SELECT tenant_guard.forbid_self_approval('requests', 'nope', 'approver')");
@@ -673,6 +690,11 @@ fn require_protection_guard() {
     assert_eq!(sqlstate(&r).as_deref(), Some("55000"));
     exec(&mut dba, "BEGIN; CREATE TABLE parted_1 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 1);
                     SELECT tenant_guard.protect('parted'); COMMIT");
+    // Adding the org column later is caught as well; temporary tables are not watched.
+    exec(&mut dba, "CREATE TABLE later (id int)");
+    let r = dba.simple_query("ALTER TABLE later ADD COLUMN org_id uuid");
+    assert_eq!(sqlstate(&r).as_deref(), Some("55000"));
+    exec(&mut dba, "CREATE TEMP TABLE scratch (org_id uuid)");
     // Only a superuser decides.
     let mut app = db.app();
     assert_eq!(sqlstate(&app.simple_query("SET tenant_guard.require_protection = off")).as_deref(), Some("42501"));

@@ -165,12 +165,29 @@ fn endpoints_and_signed_outbox() {
     let w = world(&db);
     let mut app = db.app();
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    for url in ["http://insecure.example.com/hook", "https://127.0.0.1/hook", "https://localhost:8443/x", "https://169.254.169.254/latest", "https://[::1]/x", "https://10.1.2.3/x"] {
+    for url in [
+        "http://insecure.example.com/hook",
+        "https://127.0.0.1/hook",
+        "https://localhost:8443/x",
+        "https://169.254.169.254/latest",
+        "https://[::1]/x",
+        "https://10.1.2.3/x",
+        "https://2130706433/x",
+        "https://0x7f.0.0.1/x",
+        "https://0177.0.0.1/x",
+        "https://100.64.1.1/x",
+        "https://[fe80::1]/x",
+        "https://metadata.google.internal/x",
+    ] {
         exec(&mut app, "SAVEPOINT s");
         let r = app.simple_query(&format!("SELECT * FROM tenant_guard.create_webhook_endpoint('{url}')"));
         assert_eq!(sqlstate(&r).as_deref(), Some("22023"), "{url}");
         exec(&mut app, "ROLLBACK TO SAVEPOINT s");
     }
+    // A public literal address is fine.
+    exec(&mut app, "SAVEPOINT s");
+    assert_eq!(sqlstate(&app.simple_query("SELECT * FROM tenant_guard.create_webhook_endpoint('https://93.184.216.34/hook')")), None);
+    exec(&mut app, "ROLLBACK TO SAVEPOINT s");
     // Endpoint secrets are managed by these functions only.
     let r = app.simple_query("SELECT tenant_guard.put_secret('webhook', 'x:current', 'whsec_AAAA')");
     assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
