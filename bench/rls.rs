@@ -109,6 +109,29 @@ fn main() {
         }
         s[5].push(t.elapsed().as_secs_f64() / lookups_per_round as f64);
     }
+    // View 2: the same queries in a PL/pgSQL loop on the server, so the
+    // network and the client are out of the measurement.
+    let ids_lit = format!("ARRAY[{}]::bigint[]", ids.iter().take(500).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+    let loops = if quick { 50 } else { 200 };
+    let su_count_loop = format!("DO $$ DECLARE n bigint; BEGIN FOR i IN 1..{loops} LOOP SELECT count(*) INTO n FROM items_naive WHERE org_id = '{org}'; END LOOP; END $$");
+    let rls_count_loop = |t: &str| format!("DO $$ DECLARE n bigint; BEGIN FOR i IN 1..{loops} LOOP SELECT count(*) INTO n FROM {t}; END LOOP; END $$");
+    let su_pk_loop = format!("DO $$ DECLARE p text; ids bigint[] := {ids_lit}; BEGIN FOR r IN 1..4 LOOP FOR i IN 1..500 LOOP SELECT payload INTO p FROM items_naive WHERE id = ids[i] AND org_id = '{org}'; END LOOP; END LOOP; END $$");
+    let rls_pk_loop = |t: &str| format!("DO $$ DECLARE p text; ids bigint[] := {ids_lit}; BEGIN FOR r IN 1..4 LOOP FOR i IN 1..500 LOOP SELECT payload INTO p FROM {t} WHERE id = ids[i]; END LOOP; END LOOP; END $$");
+    let timed = |c: &mut postgres::Client, sql: &str, n: f64| -> f64 {
+        let t = Instant::now();
+        c.batch_execute(sql).unwrap();
+        t.elapsed().as_secs_f64() / n
+    };
+    let mut v: [Vec<f64>; 6] = Default::default();
+    for _ in 0..rounds {
+        v[0].push(timed(&mut dba, &su_count_loop, loops as f64));
+        v[1].push(timed(&mut app, &rls_count_loop("items_naive"), loops as f64));
+        v[2].push(timed(&mut app, &rls_count_loop("items_protected"), loops as f64));
+        v[3].push(timed(&mut dba, &su_pk_loop, 2000.0));
+        v[4].push(timed(&mut app, &rls_pk_loop("items_naive"), 2000.0));
+        v[5].push(timed(&mut app, &rls_pk_loop("items_protected"), 2000.0));
+    }
+
     println!("\nRLS benchmark: {ROWS} rows, {ORGS} orgs, {} rows per org, {rounds} interleaved rounds, median per query\n", a);
     print!(
         "{}",
@@ -117,6 +140,16 @@ fn main() {
             ("count one org: protect() policies vs superuser WHERE", &s[0], &s[2]),
             ("pk lookup: naive policy vs superuser WHERE", &s[3], &s[4]),
             ("pk lookup: protect() policies vs superuser WHERE", &s[3], &s[5]),
+        ])
+    );
+    println!("\nview 2: the same queries in a server-side PL/pgSQL loop (no network), median per query\n");
+    print!(
+        "{}",
+        bench_table(&[
+            ("count one org: naive policy vs superuser WHERE", &v[0], &v[1]),
+            ("count one org: protect() policies vs superuser WHERE", &v[0], &v[2]),
+            ("pk lookup: naive policy vs superuser WHERE", &v[3], &v[4]),
+            ("pk lookup: protect() policies vs superuser WHERE", &v[3], &v[5]),
         ])
     );
 }
