@@ -212,7 +212,12 @@ fn now_epoch() -> i64 {
 #[search_path(pg_catalog, pg_temp)]
 fn authenticate_jwt(token: Option<&str>) -> Uuid {
     let token = token.unwrap_or("");
-    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify(token, secret, now_epoch()));
+    let (aud, iss) = unsafe { (gucs::raw_value(&gucs::JWT_AUDIENCE), gucs::raw_value(&gucs::JWT_ISSUER)) };
+    let expect = crate::jwt::Expect {
+        audience: aud.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
+        issuer: iss.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
+    };
+    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify_expecting(token, secret, now_epoch(), expect));
     let claims = match claims {
         Ok(c) => c,
         Err(e) => {

@@ -31,6 +31,11 @@ pub enum RequireProtection {
     Error,
 }
 
+/// Optional expectations for JWTs (not secret): the audience a token's `aud`
+/// must contain and the issuer its `iss` must equal.
+pub static JWT_AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWT_ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 pub static REQUIRE_PROTECTION: GucSetting<RequireProtection> = GucSetting::<RequireProtection>::new(RequireProtection::Warn);
 
 /// Bumped whenever a key-bearing setting changes (SET, RESET, reload,
@@ -118,6 +123,22 @@ pub fn init() {
             c"Signed request context; set only by tenant_guard's verifying functions.",
             c"Transaction-scoped. A value not signed by this server for the current transaction is ignored.",
             &CONTEXT,
+            GucContext::Suset,
+            GucFlags::empty(),
+        );
+        GucRegistry::define_string_guc(
+            c"tenant_guard.jwt_audience",
+            c"When set, authenticate_jwt() requires the token's aud to contain this value.",
+            c"",
+            &JWT_AUDIENCE,
+            GucContext::Suset,
+            GucFlags::empty(),
+        );
+        GucRegistry::define_string_guc(
+            c"tenant_guard.jwt_issuer",
+            c"When set, authenticate_jwt() requires the token's iss to equal this value.",
+            c"",
+            &JWT_ISSUER,
             GucContext::Suset,
             GucFlags::empty(),
         );

@@ -28,6 +28,9 @@ pub enum JwtError {
     Expired,
     NotYetValid,
     MissingClaim(&'static str),
+    /// `aud` or `iss` does not name what this server expects.
+    WrongAudience,
+    WrongIssuer,
 }
 
 impl fmt::Display for JwtError {
@@ -39,6 +42,8 @@ impl fmt::Display for JwtError {
             JwtError::Expired => write!(f, "token expired"),
             JwtError::NotYetValid => write!(f, "token not yet valid"),
             JwtError::MissingClaim(c) => write!(f, "claim \"{c}\" missing or invalid"),
+            JwtError::WrongAudience => write!(f, "the token is not meant for this audience"),
+            JwtError::WrongIssuer => write!(f, "the token comes from another issuer"),
         }
     }
 }
@@ -63,8 +68,21 @@ fn num(v: &Value, name: &'static str) -> Result<Option<i64>, JwtError> {
     }
 }
 
+/// What the server expects of `aud` and `iss` (None: not checked).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expect<'a> {
+    pub audience: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+}
+
 /// Verify `token` with `secret` at time `now` (seconds since the epoch).
 pub fn verify(token: &str, secret: &[u8], now: i64) -> Result<JwtClaims, JwtError> {
+    verify_expecting(token, secret, now, Expect::default())
+}
+
+/// As [`verify`], and when configured, `aud` (a string or an array of
+/// strings) must contain the expected audience and `iss` must equal the issuer.
+pub fn verify_expecting(token: &str, secret: &[u8], now: i64, expect: Expect<'_>) -> Result<JwtClaims, JwtError> {
     if token.len() > MAX_JWT_LEN {
         return Err(JwtError::Malformed);
     }
@@ -113,6 +131,21 @@ pub fn verify(token: &str, secret: &[u8], now: i64) -> Result<JwtClaims, JwtErro
     if let Some(iat) = num(&claims, "iat")? {
         if now + LEEWAY_SECS < iat {
             return Err(JwtError::NotYetValid);
+        }
+    }
+    if let Some(aud) = expect.audience {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => a == aud,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(aud)),
+            _ => false,
+        };
+        if !ok {
+            return Err(JwtError::WrongAudience);
+        }
+    }
+    if let Some(iss) = expect.issuer {
+        if claims.get("iss").and_then(Value::as_str) != Some(iss) {
+            return Err(JwtError::WrongIssuer);
         }
     }
     Ok(JwtClaims { sub, org_id, exp })
@@ -184,6 +217,25 @@ mod tests {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap();
         mac.update(format!("{h}.{p}").as_bytes());
         format!("{h}.{p}.{}", B64.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn audience_and_issuer_when_configured() {
+        let e = Expect { audience: Some("app"), issuer: Some("https://auth.example.com") };
+        let mut c = good();
+        assert_eq!(verify_expecting(&sign(&c, SECRET), SECRET, NOW, e), Err(JwtError::WrongAudience), "no aud");
+        c["aud"] = json!("other-service");
+        assert_eq!(verify_expecting(&sign(&c, SECRET), SECRET, NOW, e), Err(JwtError::WrongAudience));
+        c["aud"] = json!(["other-service", "app"]);
+        assert_eq!(verify_expecting(&sign(&c, SECRET), SECRET, NOW, e), Err(JwtError::WrongIssuer), "no iss");
+        c["iss"] = json!("https://evil.example.com");
+        assert_eq!(verify_expecting(&sign(&c, SECRET), SECRET, NOW, e), Err(JwtError::WrongIssuer));
+        c["iss"] = json!("https://auth.example.com");
+        assert!(verify_expecting(&sign(&c, SECRET), SECRET, NOW, e).is_ok());
+        c["aud"] = json!("app");
+        assert!(verify_expecting(&sign(&c, SECRET), SECRET, NOW, e).is_ok());
+        // Unconfigured: not checked.
+        assert!(verify(&sign(&good(), SECRET), SECRET, NOW).is_ok());
     }
 
     #[test]

@@ -699,3 +699,41 @@ fn require_protection_guard() {
     let mut app = db.app();
     assert_eq!(sqlstate(&app.simple_query("SET tenant_guard.require_protection = off")).as_deref(), Some("42501"));
 }
+
+#[test]
+fn jwt_audience_and_issuer_when_configured() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    db.dba()
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET tenant_guard.jwt_audience = 'billing-app'; ALTER DATABASE {} SET tenant_guard.jwt_issuer = 'https://auth.example.com'",
+            db.name, db.name
+        ))
+        .unwrap();
+    let mut app = db.app(); // a new session picks the settings up
+    let n = now();
+    let base = json!({"sub": OWNER_A, "org_id": w.org_a, "exp": n + 300});
+    let with = |extra: serde_json::Value| {
+        let mut c = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        jwt(&c, JWT_SECRET)
+    };
+    for (what, t) in [
+        ("no aud, no iss", with(json!({}))),
+        ("token for another service", with(json!({"aud": "crm", "iss": "https://auth.example.com"}))),
+        ("right aud, foreign issuer", with(json!({"aud": "billing-app", "iss": "https://evil.example.com"}))),
+    ] {
+        exec(&mut app, "BEGIN");
+        let r = app.query_one("SELECT tenant_guard.authenticate_jwt($1)::text", &[&t]);
+        assert_eq!(sqlstate(&r).as_deref(), Some("28000"), "{what}");
+        exec(&mut app, "ROLLBACK");
+    }
+    exec(&mut app, "BEGIN");
+    let t = with(json!({"aud": ["crm", "billing-app"], "iss": "https://auth.example.com"}));
+    assert_eq!(app.query_one("SELECT tenant_guard.authenticate_jwt($1)::text", &[&t]).unwrap().get::<_, String>(0), w.org_a);
+    exec(&mut app, "ROLLBACK");
+    // Only a superuser configures it.
+    assert_eq!(sqlstate(&app.simple_query("SET tenant_guard.jwt_audience = ''")).as_deref(), Some("42501"));
+}
