@@ -737,3 +737,39 @@ fn jwt_audience_and_issuer_when_configured() {
     // Only a superuser configures it.
     assert_eq!(sqlstate(&app.simple_query("SET tenant_guard.jwt_audience = ''")).as_deref(), Some("42501"));
 }
+
+#[test]
+fn concurrent_owner_removals_cannot_leave_an_org_ownerless() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut setup = db.app();
+    begin_as(&mut setup, &w.org_a, OWNER_A);
+    exec(&mut setup, &format!("SELECT tenant_guard.set_member_role('{ADMIN_A}', 'owner')"));
+    exec(&mut setup, "COMMIT");
+    // Two owners, each removing the other, in REPEATABLE READ with snapshots
+    // taken before either change: without row locks both would pass the
+    // last-owner check on their stale snapshots.
+    let mut c1 = db.app();
+    let mut c2 = db.app();
+    for (c, user) in [(&mut c1, OWNER_A), (&mut c2, ADMIN_A)] {
+        exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+        val(c, &format!("SELECT tenant_guard.authenticate_jwt('{}')", token_for(&w.org_a, user)));
+        val(c, "SELECT count(*) FROM tenant_guard.memberships"); // the snapshot is now fixed
+    }
+    exec(&mut c1, &format!("SELECT tenant_guard.remove_member('{ADMIN_A}')"));
+    let second = std::thread::spawn(move || {
+        let r = c2.simple_query(&format!("SELECT tenant_guard.remove_member('{OWNER_A}')"));
+        let state = sqlstate(&r);
+        let _ = c2.batch_execute("ROLLBACK");
+        state
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300)); // c2 is now waiting on c1's locks
+    exec(&mut c1, "COMMIT");
+    let state = second.join().unwrap();
+    assert_eq!(state.as_deref(), Some("40001"), "the second removal must fail to serialize");
+    let mut dba = db.dba();
+    assert_eq!(
+        val(&mut dba, &format!("SELECT string_agg(user_id::text, ',') FROM tenant_guard.memberships WHERE org_id = '{}' AND role = 'owner'", w.org_a)).unwrap(),
+        OWNER_A
+    );
+}
