@@ -186,3 +186,36 @@ fn secrets_never_reach_the_server_log() {
     assert!(!log.contains(PASSPHRASE), "passphrase in server log");
     assert!(!log.contains(JWT_SECRET), "jwt secret in server log");
 }
+
+#[test]
+fn plain_roles_can_execute_exactly_the_documented_functions() {
+    // A grant left to PUBLIC by accident (an internal helper that returns a
+    // secret, say) shows up here.
+    let db = cluster().fresh_db();
+    let mut dba = db.dba();
+    let got: String = dba
+        .query_one(
+            "SELECT string_agg(DISTINCT p.proname, ',' ORDER BY p.proname) FROM pg_proc p
+              WHERE p.pronamespace = 'tenant_guard'::regnamespace AND has_function_privilege('app', p.oid, 'EXECUTE')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let expected = "_forbid_self_approval,_org_column_check,_rate_limit,add_member,authenticate,authenticate_jwt,\
+clear_context,create_api_key,create_webhook_endpoint,current_api_key_id,current_org_id,current_org_id_if,current_scopes,\
+current_user_id,current_user_role,delete_secret,enqueue_webhook,forbid_self_approval,has_role,has_scope,hmac_sha256,\
+protect,put_secret,put_wordpress_credentials,rate_limit,remove_member,require_role,require_scope,revoke_api_key,\
+rotate_api_key,rotate_webhook_secret,set_member_role,unprotect,verify_github_signature,verify_slack_signature,\
+verify_stripe_signature,webhook_sign,webhook_verify";
+    assert_eq!(got, expected);
+    // Secret-bearing columns are never readable by a plain role.
+    for (t, c) in [("api_keys", "key_hash"), ("secrets", "ciphertext")] {
+        let q = format!("SELECT has_column_privilege('app', 'tenant_guard.{t}', '{c}', 'SELECT')");
+        assert!(!dba.query_one(&q, &[]).unwrap().get::<_, bool>(0), "{t}.{c}");
+    }
+    let n: i64 = dba
+        .query_one("SELECT count(*) FROM pg_class WHERE relnamespace = 'tenant_guard'::regnamespace AND relkind = 'r' AND has_table_privilege('app', oid, 'INSERT, UPDATE, DELETE, TRUNCATE')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "no tenant_guard table is writable by a plain role");
+}
