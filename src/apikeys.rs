@@ -5,6 +5,7 @@
 use crate::apikey::{self, Shape};
 use crate::context::{self, current_binding};
 use crate::error::raise;
+use crate::probe;
 use crate::gcra::Rate;
 use crate::ratelimit;
 use crate::reqlog::{self, Outcome};
@@ -12,9 +13,7 @@ use crate::roles;
 use crate::token::Claims;
 use pgrx::datum::{Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{PgBuiltInOids, PgOid, PgSqlErrorCode, Uuid};
-use std::cell::RefCell;
+use pgrx::{PgSqlErrorCode, Uuid};
 
 /// SQLSTATE of a rate-limited authenticate(): 53400 configuration_limit_exceeded
 /// (pgrx can only raise PostgreSQL's own codes; this one is used for nothing else here).
@@ -35,53 +34,30 @@ struct KeyRow {
     expired: bool,
 }
 
-thread_local! {
-    static LOOKUP: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-}
-
-/// Every operator and function is schema-qualified, so the plan cannot
-/// resolve to anything on the caller's search_path (see authenticate()).
-const LOOKUP_SQL: &str = "SELECT id, org_id, role, scopes, rate_limit_per_minute,
-        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.<=) pg_catalog.now(),
-        expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
-   FROM tenant_guard.api_keys WHERE key_hash OPERATOR(pg_catalog.=) $1";
-
+/// The row of `key_hash`, by a direct probe of the unique index (probe.rs).
+/// A key is revoked as soon as the revocation is visible (whatever its
+/// timestamp), and expired once the current statement started at or after
+/// `expires_at` (not the transaction: a long transaction cannot outlive a key).
 fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
-    Spi::connect(|client| {
-        let stmt = LOOKUP.with(|l| l.borrow_mut().take());
-        let stmt = match stmt {
-            Some(s) => s,
-            None => client.prepare(LOOKUP_SQL, &[PgOid::BuiltIn(PgBuiltInOids::BYTEAOID)])?.keep(),
-        };
-        let t = client.select(&stmt, Some(1), &[hash.as_slice().into()]);
-        LOOKUP.with(|l| *l.borrow_mut() = Some(stmt));
-        let t = t?;
-        if t.is_empty() {
-            return Ok::<_, pgrx::spi::SpiError>(None);
-        }
-        let r = t.first();
-        Ok(Some(KeyRow {
-            id: r.get(1)?.expect("id"),
-            org: r.get(2)?.expect("org_id"),
-            role: r.get(3)?.expect("role"),
-            scopes: r.get::<Vec<String>>(4)?.unwrap_or_default(),
-            rpm: r.get(5)?.expect("rate"),
-            revoked: r.get(6)?.unwrap_or(true),
-            expired: r.get(7)?.unwrap_or(true),
-        }))
-    })
-    .unwrap_or_else(|e| {
-        crate::error::hide_statement_from_log();
-        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api key lookup failed: {e}"), None, None)
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let past = |t: Option<i64>| t.is_some_and(|t| t <= now);
+    probe::fetch_one(c"api_keys", c"api_keys_key_hash_key", &[(c"key_hash", probe::Key::Bytea(hash))], |r| KeyRow {
+        id: r.get(c"id").expect("id"),
+        org: r.get(c"org_id").expect("org_id"),
+        role: r.get(c"role").expect("role"),
+        scopes: r.get::<Vec<String>>(c"scopes").unwrap_or_default(),
+        rpm: r.get(c"rate_limit_per_minute").expect("rate"),
+        revoked: r.get::<i64>(c"revoked_at").is_some(),
+        expired: past(r.get::<i64>(c"expires_at")),
     })
 }
 
 /// Verify an API key, apply its rate limit, log the outcome and set the
 /// context for this transaction. Returns the key's org id.
-/// Its SQL is schema-qualified throughout as well as running under a pinned
-/// search_path (tests/apikeys.rs attacks it with a hostile one).
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
+/// It runs no SQL (the key is found by a direct index probe; rate limit and
+/// log live in shared memory), so it needs neither SECURITY DEFINER nor a
+/// pinned search_path; tests/apikeys.rs still attacks it with a hostile one.
+#[pg_extern(volatile, parallel_unsafe)]
 fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), client_addr: default!(Option<Inet>, "NULL")) -> Uuid {
     let addr = client_addr.as_ref().map(|a| a.to_string());
     let fail = |outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>| -> ! {

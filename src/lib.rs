@@ -20,6 +20,7 @@ mod error;
 mod guard;
 mod gucs;
 mod keyring;
+mod probe;
 mod ratelimit;
 mod reqlog;
 mod secrets;

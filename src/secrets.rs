@@ -5,6 +5,7 @@
 use crate::envelope::{self, EnvelopeError};
 use crate::error::raise;
 use crate::keyring;
+use crate::probe;
 use crate::keys::{KeySet, Purpose};
 use crate::{context, roles};
 use pgrx::prelude::*;
@@ -112,34 +113,16 @@ pub fn store(org: [u8; 16], kind: &str, name: &str, secret: &[u8]) -> Uuid {
     .expect("RETURNING id")
 }
 
-thread_local! {
-    static LOAD: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Fetch and decrypt one secret, or None. The lookup plan is prepared once per backend.
+/// Fetch and decrypt one secret, or None. The row is found by a direct probe
+/// of the (org_id, kind, name) unique index (probe.rs).
 pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
-    use pgrx::{PgBuiltInOids, PgOid};
-    let ct: Option<Vec<u8>> = Spi::connect(|client| {
-        let stmt = match LOAD.with(|l| l.borrow_mut().take()) {
-            Some(s) => s,
-            None => client
-                .prepare(
-                    "SELECT ciphertext FROM tenant_guard.secrets
-                      WHERE org_id OPERATOR(pg_catalog.=) $1 AND kind OPERATOR(pg_catalog.=) $2 AND name OPERATOR(pg_catalog.=) $3",
-                    &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
-                )?
-                .keep(),
-        };
-        let t = client.select(&stmt, Some(1), &[Uuid::from_bytes(org).into(), kind.into(), name.into()]);
-        LOAD.with(|l| *l.borrow_mut() = Some(stmt));
-        let t = t?;
-        if t.is_empty() {
-            return Ok::<_, pgrx::spi::SpiError>(None);
-        }
-        t.first().get::<Vec<u8>>(1)
-    })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("secret lookup failed: {e}"), None, None));
-    Some(open(&ct?, &envelope::secret_aad(&org, kind, name)))
+    let ct: Vec<u8> = probe::fetch_one(
+        c"secrets",
+        c"secrets_org_id_kind_name_key",
+        &[(c"org_id", probe::Key::Uuid(Uuid::from_bytes(org))), (c"kind", probe::Key::Text(kind)), (c"name", probe::Key::Text(name))],
+        |r| r.get::<Vec<u8>>(c"ciphertext"),
+    )??;
+    Some(open(&ct, &envelope::secret_aad(&org, kind, name)))
 }
 
 fn admin_org() -> [u8; 16] {
@@ -165,8 +148,9 @@ fn put_secret_for(org_id: Uuid, kind: &str, name: &str, secret: &str) -> Uuid {
 }
 
 /// Service role only: the plaintext of a secret, or NULL when there is none.
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
+/// Runs no SQL (probe.rs), so it needs no SECURITY DEFINER: its EXECUTE grant
+/// is the access check.
+#[pg_extern(volatile, parallel_unsafe)]
 fn get_secret(org_id: Uuid, kind: &str, name: &str) -> Option<String> {
     load(*org_id.as_bytes(), kind, name).map(|b| {
         String::from_utf8(b).unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "the secret is not valid UTF-8", None, None))

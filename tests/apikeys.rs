@@ -197,6 +197,49 @@ fn bad_keys_all_fail_alike() {
     wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'invalid'");
 }
 
+/// authenticate() finds keys by a direct index probe under the statement's
+/// snapshot: a revocation is seen by the very next statement, whether it was
+/// committed by another session or made earlier in the same transaction.
+#[test]
+fn revocation_is_seen_by_the_next_statement() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let mut admin = db.app();
+    let (id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    exec(&mut app, "BEGIN");
+    assert_eq!(auth(&mut app, &key).unwrap(), w.org_a);
+    begin_as(&mut admin, &w.org_a, ADMIN_A);
+    exec(&mut admin, &format!("SELECT tenant_guard.revoke_api_key('{id}')"));
+    assert_eq!(auth(&mut app, &key).unwrap(), w.org_a, "not committed yet");
+    exec(&mut admin, "COMMIT");
+    assert_eq!(sqlstate(&auth(&mut app, &key)).as_deref(), Some("28000"), "same READ COMMITTED transaction, next statement");
+    exec(&mut app, "ROLLBACK");
+    // Revoked and then un-revoked inside one transaction that rolls back.
+    let (id2, key2) = create_key(&mut app, &w.org_a, ADMIN_A, "'k2'");
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    exec(&mut app, &format!("SELECT tenant_guard.revoke_api_key('{id2}')"));
+    assert_eq!(sqlstate(&auth(&mut app, &key2)).as_deref(), Some("28000"), "own uncommitted revocation");
+    exec(&mut app, "ROLLBACK");
+    assert_eq!(auth(&mut app, &key2).unwrap(), w.org_a, "the rollback undid it");
+    // Expiry follows the clock, not the transaction's start.
+    let (id3, key3) = create_key(&mut app, &w.org_a, ADMIN_A, "'k3'");
+    exec(&mut app, "BEGIN");
+    assert_eq!(auth(&mut app, &key3).unwrap(), w.org_a);
+    db.dba().batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = clock_timestamp() WHERE id = '{id3}'")).unwrap();
+    assert_eq!(sqlstate(&auth(&mut app, &key3)).as_deref(), Some("28000"), "expired during the transaction");
+    exec(&mut app, "ROLLBACK");
+    // A REPEATABLE READ transaction keeps its snapshot, as any query would.
+    exec(&mut app, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    assert_eq!(auth(&mut app, &key2).unwrap(), w.org_a);
+    begin_as(&mut admin, &w.org_a, ADMIN_A);
+    exec(&mut admin, &format!("SELECT tenant_guard.revoke_api_key('{id2}')"));
+    exec(&mut admin, "COMMIT");
+    assert_eq!(auth(&mut app, &key2).unwrap(), w.org_a);
+    exec(&mut app, "COMMIT");
+    assert_eq!(sqlstate(&auth(&mut app, &key2)).as_deref(), Some("28000"));
+}
+
 #[test]
 fn rotation_keeps_the_old_key_until_the_grace_ends() {
     let db = cluster().fresh_db();

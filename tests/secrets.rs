@@ -40,6 +40,40 @@ fn round_trip_upsert_delete() {
     assert_eq!(get(&mut svc, &w.org_a, "stripe", "live").unwrap(), None);
 }
 
+/// get_secret() reads through a direct index probe (src/probe.rs): values
+/// stored out of line (TOAST) come back whole, names match exactly (case,
+/// non-ASCII), and a write is visible to the next statement of its transaction.
+#[test]
+fn large_values_exact_names_and_same_transaction_reads() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut svc = db.svc();
+    // 60 KB that does not compress: its envelope is stored out of line.
+    let big: String = val(&mut svc, "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 1875) g").unwrap();
+    assert_eq!(big.len(), 60_000);
+    let org = w.org_a.as_str();
+    exec(&mut svc, "BEGIN");
+    svc.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'blob', 'Big', $2)", &[&org, &big]).unwrap();
+    assert_eq!(get(&mut svc, org, "blob", "Big").unwrap().as_deref(), Some(big.as_str()), "read in the same transaction");
+    exec(&mut svc, "COMMIT");
+    let mut dba = db.dba();
+    let external = val(&mut dba, "SELECT pg_relation_size(reltoastrelid) > 0 FROM pg_class WHERE oid = 'tenant_guard.secrets'::regclass").unwrap();
+    assert_eq!(external, "t", "the envelope went to the TOAST table");
+    assert_eq!(get(&mut svc, org, "blob", "Big").unwrap().as_deref(), Some(big.as_str()));
+    for (name, secret) in [("big", "lower"), ("BIG", "upper"), ("Bïg", "accent"), ("Big ", "trailing space")] {
+        svc.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'blob', $2, $3)", &[&org, &name, &secret]).unwrap();
+    }
+    for (name, secret) in [("big", "lower"), ("BIG", "upper"), ("Bïg", "accent"), ("Big ", "trailing space")] {
+        assert_eq!(get(&mut svc, org, "blob", name).unwrap().as_deref(), Some(secret), "{name:?}");
+    }
+    assert_eq!(get(&mut svc, org, "blob", "Big").unwrap().map(|s| s.len()), Some(60_000));
+    assert_eq!(get(&mut svc, org, "blob", "bIg").unwrap(), None);
+    assert_eq!(get(&mut svc, org, "Blob", "Big").unwrap(), None, "kinds match exactly too");
+    // NULL arguments give NULL, not an error.
+    assert_eq!(val(&mut svc, "SELECT tenant_guard.get_secret(NULL, 'blob', 'Big') IS NULL").unwrap(), "t");
+    assert_eq!(val(&mut svc, &format!("SELECT tenant_guard.get_secret('{org}', 'blob', NULL) IS NULL")).unwrap(), "t");
+}
+
 #[test]
 fn who_may_do_what() {
     let db = cluster().fresh_db();

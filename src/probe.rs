@@ -1,0 +1,144 @@
+//! One row of a tenant_guard table, fetched through a unique btree index
+//! directly: no SPI, no planner, no executor. The per-request paths
+//! (authenticate(), get_secret()) use it; an SPI query with a kept plan cost
+//! them more than the rest of their work together (see README, Benchmarks).
+//!
+//! No privilege check and no row-level security apply here: callers are
+//! functions whose EXECUTE grant is the access check. Relations are found in
+//! schema `tenant_guard` by name (never through search_path), and the index
+//! is checked to be unique and on exactly the expected columns, so a changed
+//! schema fails loudly instead of reading the wrong thing.
+
+use crate::error::raise;
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::{FromDatum, IntoDatum, PgSqlErrorCode};
+use std::ffi::CStr;
+
+/// One equality condition of the probe, as `column = value`.
+pub enum Key<'a> {
+    Bytea(&'a [u8]),
+    Uuid(pgrx::Uuid),
+    Text(&'a str),
+}
+
+impl Key<'_> {
+    fn eq_proc(&self) -> u32 {
+        match self {
+            Key::Bytea(_) => pg_sys::F_BYTEAEQ,
+            Key::Uuid(_) => pg_sys::F_UUID_EQ,
+            Key::Text(_) => pg_sys::F_TEXTEQ,
+        }
+    }
+    fn datum(&self) -> Datum {
+        match self {
+            Key::Bytea(b) => b.into_datum(),
+            Key::Uuid(u) => u.into_datum(),
+            Key::Text(s) => s.into_datum(),
+        }
+        .expect("non-null key")
+    }
+}
+
+fn broken(what: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("tenant_guard's schema is not as expected: {what}"),
+        None,
+        Some("Run CREATE EXTENSION tenant_guard in this database, or reinstall it."),
+    )
+}
+
+fn relid(nsp: Oid, name: &CStr) -> Oid {
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), nsp) };
+    if oid == pg_sys::InvalidOid {
+        broken(&format!("relation tenant_guard.{} is missing", name.to_string_lossy()));
+    }
+    oid
+}
+
+/// The attribute number of `column` in `rel`'s tuple descriptor.
+unsafe fn attnum(rel: pg_sys::Relation, column: &CStr) -> i16 {
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    for (i, a) in attrs.iter().enumerate() {
+        if !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == column {
+            return i as i16 + 1;
+        }
+    }
+    broken(&format!("column {} is missing", column.to_string_lossy()))
+}
+
+/// The fetched row, valid only inside the closure given to [`fetch_one`].
+pub struct Row {
+    heap: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Row {
+    /// The value of `column`, copied out of the buffer (so it outlives the row).
+    pub fn get<T: FromDatum>(&self, column: &CStr) -> Option<T> {
+        unsafe {
+            let n = attnum(self.heap, column);
+            let mut isnull = false;
+            let d = pg_sys::slot_getattr(self.slot, n as i32, &mut isnull);
+            T::from_datum(d, isnull)
+        }
+    }
+}
+
+/// Find the row of `tenant_guard.<table>` whose `keys` (in the column order
+/// of the unique index `tenant_guard.<index>`) match, under the statement's
+/// snapshot, and pass it to `read`. `read` must only copy values out: it
+/// runs while a buffer is pinned.
+pub fn fetch_one<R>(table: &CStr, index: &CStr, keys: &[(&CStr, Key)], read: impl FnOnce(&Row) -> R) -> Option<R> {
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"tenant_guard".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            broken("schema tenant_guard is missing");
+        }
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(relid(nsp, table), lock);
+        let idx = pg_sys::index_open(relid(nsp, index), lock);
+        let form = (*idx).rd_index;
+        if !(*form).indisunique || (*form).indrelid != (*heap).rd_id || (*form).indnkeyatts as usize != keys.len() {
+            broken(&format!("{} is not the expected unique index", index.to_string_lossy()));
+        }
+        let indkey = (*form).indkey.values.as_slice(keys.len());
+        let mut scankeys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());
+        for (i, (column, key)) in keys.iter().enumerate() {
+            if indkey[i] != attnum(heap, column) {
+                broken(&format!("{} is not on the expected columns", index.to_string_lossy()));
+            }
+            let mut sk = std::mem::zeroed::<pg_sys::ScanKeyData>();
+            pg_sys::ScanKeyEntryInitialize(
+                &mut sk,
+                0,
+                (i + 1) as pg_sys::AttrNumber,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::InvalidOid,
+                *(*idx).rd_indcollation.add(i),
+                key.eq_proc().into(),
+                key.datum(),
+            );
+            scankeys.push(sk);
+        }
+        let pushed = !pg_sys::ActiveSnapshotSet();
+        if pushed {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let scan = pg_sys::index_beginscan(heap, idx, pg_sys::GetActiveSnapshot(), keys.len() as i32, 0);
+        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), keys.len() as i32, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
+        let out = found.then(|| read(&Row { heap, slot }));
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        if pushed {
+            pg_sys::PopActiveSnapshot();
+        }
+        // Locks are kept to the end of the transaction, as the executor does.
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        out
+    }
+}
