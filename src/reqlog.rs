@@ -17,6 +17,13 @@ const ADDR_MAX: usize = 48;
 /// A worker with no work for this long exits (so DROP DATABASE is not blocked for long).
 const IDLE_EXIT_US: i64 = 10_000_000;
 const STALE_US: i64 = 5_000_000;
+/// Once this many entries are queued, the enqueuer wakes its database's
+/// writer instead of leaving them to its next 100 ms poll (at tens of
+/// thousands of calls a second, one poll's worth would overflow the queue).
+const WAKE_AT: usize = QUEUE / 8;
+/// When the queue is full, a caller waits up to this long for the writer to
+/// make room (back-pressure) before its entry is dropped and counted.
+const MAX_WAIT_US: i64 = 1_000_000;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -90,6 +97,8 @@ pub struct Worker {
     /// 0 free, 1 starting, 2 running
     state: u8,
     heartbeat: i64,
+    /// The running writer's latch (its PGPROC's, in shared memory), or 0.
+    latch: usize,
 }
 
 #[derive(Copy, Clone)]
@@ -102,6 +111,8 @@ pub struct LogState {
     cursor: usize,
     /// Queued failure entries (anything but `ok`).
     failures: usize,
+    /// Entries in use.
+    queued: usize,
 }
 
 unsafe impl PGRXSharedMemory for LogState {}
@@ -110,11 +121,12 @@ impl LogState {
     const fn new() -> LogState {
         LogState {
             entries: [EMPTY; QUEUE],
-            workers: [Worker { db: 0, state: 0, heartbeat: 0 }; WORKERS],
+            workers: [Worker { db: 0, state: 0, heartbeat: 0, latch: 0 }; WORKERS],
             next_seq: 1,
             dropped: 0,
             cursor: 0,
             failures: 0,
+            queued: 0,
         }
     }
 }
@@ -142,7 +154,8 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
     let now = crate::ratelimit::now_us();
     let action = truncate(action.unwrap_or(""), ACTION_MAX);
     let addr = truncate(addr.unwrap_or(""), ADDR_MAX);
-    let launch = {
+    let deadline = now + MAX_WAIT_US;
+    let (launch, wake) = loop {
         let mut s = LOG.exclusive();
         let start = s.cursor;
         // Failures (anyone can make those by the million: garbage keys, or
@@ -154,38 +167,66 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
         } else {
             (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used)
         };
-        if slot.is_some() && failure {
+        let Some(i) = slot else {
+            // Full: wait for a live writer to drain it rather than lose the
+            // entry; drop (and count) only when there is none, or after MAX_WAIT_US.
+            let t = crate::ratelimit::now_us();
+            let writer = s.workers.iter().find(|w| w.db == db && w.state == 2 && w.latch != 0 && t - w.heartbeat < STALE_US);
+            match writer {
+                Some(w) if t < deadline => {
+                    let latch = w.latch;
+                    drop(s);
+                    unsafe {
+                        pg_sys::SetLatch(latch as *mut pg_sys::Latch);
+                        pg_sys::pg_usleep(200);
+                    }
+                    pg_sys::check_for_interrupts!();
+                    continue;
+                }
+                _ => {
+                    s.dropped += 1;
+                    break (claim_worker(&mut s, db, now), None);
+                }
+            }
+        };
+        if failure {
             s.failures += 1;
         }
-        match slot {
-            None => s.dropped += 1,
-            Some(i) => {
-                let seq = s.next_seq;
-                s.next_seq += 1;
-                s.cursor = (i + 1) % QUEUE;
-                let e = &mut s.entries[i];
-                *e = EMPTY;
-                e.used = true;
-                e.outcome = outcome as u8;
-                e.db = db;
-                e.seq = seq;
-                e.at = now;
-                if let Some(o) = org {
-                    e.has_org = true;
-                    e.org = o;
-                }
-                if let Some(k) = key {
-                    e.has_key = true;
-                    e.key = k;
-                }
-                e.action[..action.len()].copy_from_slice(action.as_bytes());
-                e.action_len = action.len() as u8;
-                e.addr[..addr.len()].copy_from_slice(addr.as_bytes());
-                e.addr_len = addr.len() as u8;
-            }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.cursor = (i + 1) % QUEUE;
+        s.queued += 1;
+        let e = &mut s.entries[i];
+        *e = EMPTY;
+        e.used = true;
+        e.outcome = outcome as u8;
+        e.db = db;
+        e.seq = seq;
+        e.at = now;
+        if let Some(o) = org {
+            e.has_org = true;
+            e.org = o;
         }
-        claim_worker(&mut s, db, now)
+        if let Some(k) = key {
+            e.has_key = true;
+            e.key = k;
+        }
+        e.action[..action.len()].copy_from_slice(action.as_bytes());
+        e.action_len = action.len() as u8;
+        e.addr[..addr.len()].copy_from_slice(addr.as_bytes());
+        e.addr_len = addr.len() as u8;
+        let launch = claim_worker(&mut s, db, now);
+        let wake = if s.queued >= WAKE_AT {
+            s.workers.iter().find(|w| w.db == db && w.state == 2 && w.latch != 0).map(|w| w.latch)
+        } else {
+            None
+        };
+        break (launch, wake);
     };
+    if let Some(latch) = wake {
+        // At worst a stale pointer wakes some other process once: harmless.
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
     if let Some(idx) = launch {
         let started = BackgroundWorkerBuilder::new("tenant_guard request log writer")
             .set_type("tenant_guard request log")
@@ -212,7 +253,7 @@ fn claim_worker(s: &mut LogState, db: u32, now: i64) -> Option<usize> {
         return None;
     }
     let idx = s.workers.iter().position(|w| !live(w))?;
-    s.workers[idx] = Worker { db, state: 1, heartbeat: now };
+    s.workers[idx] = Worker { db, state: 1, heartbeat: now, latch: 0 };
     Some(idx)
 }
 
@@ -220,8 +261,7 @@ fn claim_worker(s: &mut LogState, db: u32, now: i64) -> Option<usize> {
 #[pg_extern(volatile)]
 fn request_log_queue() -> TableIterator<'static, (name!(queued, i64), name!(dropped, i64))> {
     let s = LOG.share();
-    let queued = s.entries.iter().filter(|e| e.used).count() as i64;
-    TableIterator::once((queued, s.dropped as i64))
+    TableIterator::once((s.queued as i64, s.dropped as i64))
 }
 
 struct Row {
@@ -239,6 +279,7 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     let now = crate::ratelimit::now_us();
     s.workers[slot].heartbeat = now;
     s.workers[slot].state = 2;
+    s.workers[slot].latch = unsafe { pg_sys::MyLatch } as usize;
     let mut rows = Vec::new();
     let mut freed_failures = 0;
     for e in s.entries.iter_mut().filter(|e| e.used && e.db == db) {
@@ -255,10 +296,12 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
         e.used = false;
     }
     s.failures = s.failures.saturating_sub(freed_failures);
+    s.queued -= rows.len();
     // Exit decision taken under the same lock enqueuers use, so nothing is stranded.
     let exit = rows.is_empty() && now - idle_since > IDLE_EXIT_US;
     if exit {
         s.workers[slot].state = 0;
+        s.workers[slot].latch = 0;
     }
     rows.sort_by_key(|r| r.seq);
     (rows, exit)
@@ -281,7 +324,9 @@ fn write_batch(rows: &[Row]) {
         &[at.clone().into(), org.into(), key.into(), outcome.into(), action.into(), addr.into()],
     )
     .expect("insert into request_log");
-    // last_used_at: the latest successful use per key.
+    // last_used_at: the latest successful use per key. Rows another
+    // transaction has locked (say, one revoking the key, which may itself be
+    // waiting for room in the queue) are skipped: a later batch sets them.
     let mut last: std::collections::HashMap<[u8; 16], f64> = std::collections::HashMap::new();
     for (r, t) in rows.iter().zip(&at) {
         if let (Outcome::Ok, Some(k)) = (r.outcome, r.key) {
@@ -295,7 +340,8 @@ fn write_batch(rows: &[Row]) {
         Spi::run_with_args(
             "UPDATE tenant_guard.api_keys k SET last_used_at = to_timestamp(u.t)
                FROM unnest($1::uuid[], $2::float8[]) AS u(id, t)
-              WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))",
+              WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))
+                AND k.id IN (SELECT id FROM tenant_guard.api_keys WHERE id = ANY($1) FOR NO KEY UPDATE SKIP LOCKED)",
             &[ids.into(), ts.into()],
         )
         .expect("update last_used_at");
@@ -324,5 +370,6 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     let mut s = LOG.exclusive();
     if s.workers[slot].db == db.to_u32() {
         s.workers[slot].state = 0;
+        s.workers[slot].latch = 0;
     }
 }

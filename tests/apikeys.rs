@@ -351,6 +351,56 @@ fn failed_attempt_in_a_rolled_back_transaction_is_logged() {
     assert_ne!(val(&mut svc, "SELECT tenant_guard.purge_request_log('0')").unwrap(), "0");
 }
 
+/// The request log loses nothing when the queue fills: with the writer held
+/// up (a lock on request_log), 6,000 calls overflow the 4,096-entry queue;
+/// the callers then wait for room instead of dropping entries, and once the
+/// writer can go on, every entry reaches the table.
+#[test]
+fn a_full_queue_makes_callers_wait_instead_of_dropping() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'burst', 'member', '{}', NULL, 100000000");
+    let mut dba = db.dba();
+    let mut locker = db.dba();
+    let dropped = |c: &mut Client| val(c, "SELECT dropped FROM tenant_guard.request_log_queue()").unwrap();
+    let before = dropped(&mut dba);
+    // Make sure this database's writer is running, then block its INSERTs.
+    auth(&mut app, &key).unwrap();
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'");
+    exec(&mut locker, "BEGIN; LOCK tenant_guard.request_log IN SHARE MODE");
+    let burst = std::thread::spawn(move || {
+        let n: i64 = app
+            .query_one("SELECT count(tenant_guard.authenticate($1, 'burst')) FROM generate_series(1, 6000)", &[&key])
+            .unwrap()
+            .get(0);
+        n
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while val(&mut dba, "SELECT queued FROM tenant_guard.request_log_queue()").unwrap() != "4096" {
+        assert!(!burst.is_finished(), "the burst finished without filling the queue");
+        assert!(Instant::now() < deadline, "the queue never filled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Full, and the burst is still running: it is waiting, not dropping.
+    assert!(!burst.is_finished());
+    assert_eq!(dropped(&mut dba), before, "entries were dropped while the queue was full");
+    exec(&mut locker, "COMMIT");
+    assert_eq!(burst.join().unwrap(), 6000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logged = val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'burst'").unwrap();
+        if logged == "6000" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {logged} of 6000 entries logged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(dropped(&mut dba), before, "nothing dropped");
+    let last_used = val(&mut dba, &format!("SELECT last_used_at IS NOT NULL FROM tenant_guard.api_keys WHERE id = '{id}'"));
+    assert_eq!(last_used.as_deref(), Some("t"));
+}
+
 #[test]
 fn import_existing_hashes() {
     let db = cluster().fresh_db();
