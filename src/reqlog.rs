@@ -7,6 +7,7 @@
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgLwLock, Uuid};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ const STALE_US: i64 = 5_000_000;
 /// Once this many entries are queued, the enqueuer wakes its database's
 /// writer instead of leaving them to its next 100 ms poll (at tens of
 /// thousands of calls a second, one poll's worth would overflow the queue).
-const WAKE_AT: usize = QUEUE / 8;
+const WAKE_AT: usize = QUEUE / 4;
 /// When the queue is full, a caller waits up to this long for the writer to
 /// make room (back-pressure) before its entry is dropped and counted.
 const MAX_WAIT_US: i64 = 1_000_000;
@@ -309,24 +310,32 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
 
 const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
 
+const INSERT_SQL: &str = "INSERT INTO tenant_guard.request_log (at, org_id, api_key_id, outcome, action, client_addr)
+     SELECT to_timestamp(u.at), u.org, u.key, u.outcome, u.action, u.addr::inet
+       FROM unnest($1::float8[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+            AS u(at, org, key, outcome, action, addr)";
+
+// last_used_at: the latest successful use per key. Rows another transaction
+// has locked (say, one revoking the key, which may itself be waiting for room
+// in the queue) are skipped: a later batch sets them.
+const LAST_USED_SQL: &str = "UPDATE tenant_guard.api_keys k SET last_used_at = to_timestamp(u.t)
+       FROM unnest($1::uuid[], $2::float8[]) AS u(id, t)
+      WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))
+        AND k.id IN (SELECT id FROM tenant_guard.api_keys WHERE id = ANY($1) FOR NO KEY UPDATE SKIP LOCKED)";
+
+thread_local! {
+    /// The writer's two statements, planned once per writer process.
+    static PLANS: std::cell::RefCell<Option<[OwnedPreparedStatement; 2]>> = const { std::cell::RefCell::new(None) };
+}
+
 fn write_batch(rows: &[Row]) {
+    use pgrx::{PgBuiltInOids as T, PgOid};
     let at: Vec<f64> = rows.iter().map(|r| PG_EPOCH_UNIX_SECS + r.at as f64 / 1e6).collect();
     let org: Vec<Option<Uuid>> = rows.iter().map(|r| r.org.map(Uuid::from_bytes)).collect();
     let key: Vec<Option<Uuid>> = rows.iter().map(|r| r.key.map(Uuid::from_bytes)).collect();
-    let outcome: Vec<String> = rows.iter().map(|r| r.outcome.as_str().to_string()).collect();
+    let outcome: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
     let action: Vec<Option<String>> = rows.iter().map(|r| r.action.clone()).collect();
     let addr: Vec<Option<String>> = rows.iter().map(|r| r.addr.clone()).collect();
-    Spi::run_with_args(
-        "INSERT INTO tenant_guard.request_log (at, org_id, api_key_id, outcome, action, client_addr)
-         SELECT to_timestamp(u.at), u.org, u.key, u.outcome, u.action, u.addr::inet
-           FROM unnest($1::float8[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[])
-                AS u(at, org, key, outcome, action, addr)",
-        &[at.clone().into(), org.into(), key.into(), outcome.into(), action.into(), addr.into()],
-    )
-    .expect("insert into request_log");
-    // last_used_at: the latest successful use per key. Rows another
-    // transaction has locked (say, one revoking the key, which may itself be
-    // waiting for room in the queue) are skipped: a later batch sets them.
     let mut last: std::collections::HashMap<[u8; 16], f64> = std::collections::HashMap::new();
     for (r, t) in rows.iter().zip(&at) {
         if let (Outcome::Ok, Some(k)) = (r.outcome, r.key) {
@@ -334,18 +343,32 @@ fn write_batch(rows: &[Row]) {
             *e = e.max(*t);
         }
     }
-    if !last.is_empty() {
-        let ids: Vec<Uuid> = last.keys().map(|k| Uuid::from_bytes(*k)).collect();
-        let ts: Vec<f64> = last.values().copied().collect();
-        Spi::run_with_args(
-            "UPDATE tenant_guard.api_keys k SET last_used_at = to_timestamp(u.t)
-               FROM unnest($1::uuid[], $2::float8[]) AS u(id, t)
-              WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))
-                AND k.id IN (SELECT id FROM tenant_guard.api_keys WHERE id = ANY($1) FOR NO KEY UPDATE SKIP LOCKED)",
-            &[ids.into(), ts.into()],
-        )
-        .expect("update last_used_at");
-    }
+    Spi::connect_mut(|client| {
+        let plans = match PLANS.with(|p| p.borrow_mut().take()) {
+            Some(p) => p,
+            None => {
+                let b = |o: T| PgOid::BuiltIn(o);
+                [
+                    client
+                        .prepare_mut(INSERT_SQL, &[b(T::FLOAT8ARRAYOID), b(T::UUIDARRAYOID), b(T::UUIDARRAYOID), b(T::TEXTARRAYOID), b(T::TEXTARRAYOID), b(T::TEXTARRAYOID)])?
+                        .keep(),
+                    client.prepare_mut(LAST_USED_SQL, &[b(T::UUIDARRAYOID), b(T::FLOAT8ARRAYOID)])?.keep(),
+                ]
+            }
+        };
+        let r = client.update(&plans[0], None, &[at.into(), org.into(), key.into(), outcome.into(), action.into(), addr.into()]).map(|_| ());
+        let r = r.and_then(|_| {
+            if last.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<Uuid> = last.keys().map(|k| Uuid::from_bytes(*k)).collect();
+            let ts: Vec<f64> = last.values().copied().collect();
+            client.update(&plans[1], None, &[ids.into(), ts.into()]).map(|_| ())
+        });
+        PLANS.with(|p| *p.borrow_mut() = Some(plans));
+        r
+    })
+    .expect("writing the request log");
 }
 
 #[pg_guard]
