@@ -61,22 +61,8 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("bare.sql"), format!("SELECT id, org_id, role, scopes FROM tenant_guard.api_keys WHERE key_hash = sha256(convert_to('{key}', 'UTF8'));\n")).unwrap();
     std::fs::write(dir.join("auth.sql"), format!("SELECT tenant_guard.authenticate('{key}', 'bench');\n")).unwrap();
-    let port = c.port.to_string();
-    let secs = if quick { "2" } else { "8" };
-    let pgbench = |script: &str, user: &str| -> f64 {
-        let f = dir.join(script);
-        let out = c.run_tool(
-            "pgbench",
-            &["-n", "-c", "2", "-j", "2", "-T", secs, "-M", "prepared", "-h", "127.0.0.1", "-p", &port, "-U", user, "-f", f.to_str().unwrap(), "postgres"],
-        );
-        let tps = out
-            .lines()
-            .find(|l| l.starts_with("tps ="))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"));
-        1.0 / tps // seconds per transaction, so the ratio reads like the table above
-    };
+    let secs = if quick { 2 } else { 8 };
+    let pgbench = |script: &str, user: &str| -> f64 { c.pgbench(&dir.join(script), user, 2, secs) };
     let (mut pb, mut pa) = (vec![], vec![]);
     for _ in 0..if quick { 1 } else { 3 } {
         pb.push(pgbench("bare.sql", "dba"));

@@ -317,6 +317,24 @@ impl Cluster {
         run(c, tool)
     }
 
+    /// Run pgbench with `script` as `user` (prepared statements, `clients`
+    /// clients and as many threads, for `secs` seconds) and return the mean
+    /// time per transaction in seconds (1/tps).
+    pub fn pgbench(&self, script: &Path, user: &str, clients: u32, secs: u32) -> f64 {
+        let (port, c, t) = (self.port.to_string(), clients.to_string(), secs.to_string());
+        let out = self.run_tool(
+            "pgbench",
+            &["-n", "-c", &c, "-j", &c, "-T", &t, "-M", "prepared", "-h", "127.0.0.1", "-p", &port, "-U", user, "-f", script.to_str().unwrap(), "postgres"],
+        );
+        let tps = out
+            .lines()
+            .find(|l| l.starts_with("tps ="))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"));
+        1.0 / tps
+    }
+
     /// Like run_tool, with stderr merged into stdout in order (for showing a
     /// psql session, errors included).
     pub fn run_tool_merged(&self, tool: &str, args: &[&str]) -> String {
