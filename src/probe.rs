@@ -6,8 +6,8 @@
 //! No privilege check and no row-level security apply here: callers are
 //! functions whose EXECUTE grant is the access check. Relations are found in
 //! schema `tenant_guard` by name (never through search_path), and the index
-//! is checked to be unique and on exactly the expected columns, so a changed
-//! schema fails loudly instead of reading the wrong thing.
+//! is checked to be unique, valid, not partial and on exactly the expected
+//! columns, so a changed schema fails loudly instead of reading the wrong thing.
 
 use crate::error::raise;
 use pgrx::pg_sys::{self, Datum, Oid};
@@ -100,7 +100,14 @@ pub fn fetch_one<R>(table: &CStr, index: &CStr, keys: &[(&CStr, Key)], read: imp
         let heap = pg_sys::table_open(relid(nsp, table), lock);
         let idx = pg_sys::index_open(relid(nsp, index), lock);
         let form = (*idx).rd_index;
-        if !(*form).indisunique || (*form).indrelid != (*heap).rd_id || (*form).indnkeyatts as usize != keys.len() {
+        let usable = (*form).indisunique
+            && (*form).indisvalid
+            && (*form).indisready
+            && (*form).indislive
+            && (*form).indrelid == (*heap).rd_id
+            && (*form).indnkeyatts as usize == keys.len()
+            && pg_sys::heap_attisnull((*idx).rd_indextuple, pg_sys::Anum_pg_index_indpred as i32, std::ptr::null_mut());
+        if !usable {
             broken(&format!("{} is not the expected unique index", index.to_string_lossy()));
         }
         let indkey = (*form).indkey.values.as_slice(keys.len());

@@ -100,6 +100,8 @@ pub struct Worker {
     heartbeat: i64,
     /// The running writer's latch (its PGPROC's, in shared memory), or 0.
     latch: usize,
+    /// The writer's pid once it runs (0 while starting).
+    pid: i32,
 }
 
 #[derive(Copy, Clone)]
@@ -122,7 +124,7 @@ impl LogState {
     const fn new() -> LogState {
         LogState {
             entries: [EMPTY; QUEUE],
-            workers: [Worker { db: 0, state: 0, heartbeat: 0, latch: 0 }; WORKERS],
+            workers: [Worker { db: 0, state: 0, heartbeat: 0, latch: 0, pid: 0 }; WORKERS],
             next_seq: 1,
             dropped: 0,
             cursor: 0,
@@ -156,25 +158,32 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
     let action = truncate(action.unwrap_or(""), ACTION_MAX);
     let addr = truncate(addr.unwrap_or(""), ADDR_MAX);
     let deadline = now + MAX_WAIT_US;
+    // Failures (anyone can make those by the million: garbage keys, or one's
+    // own revoked or throttled key) may fill at most half the queue, so they
+    // cannot crowd out successful requests.
+    let failure = outcome != Outcome::Ok;
+    // Whether waiting can help, re-judged every 10 ms of waiting.
+    let mut may_wait: Option<(bool, i64)> = None;
     let (launch, wake) = loop {
         let mut s = LOG.exclusive();
+        let full = if failure { s.failures >= QUEUE / 2 } else { s.queued >= QUEUE };
         let start = s.cursor;
-        // Failures (anyone can make those by the million: garbage keys, or
-        // one's own revoked or throttled key) may fill at most half the
-        // queue, so they cannot crowd out successful requests.
-        let failure = outcome != Outcome::Ok;
-        let slot = if failure && s.failures >= QUEUE / 2 {
-            None
-        } else {
-            (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used)
-        };
+        let slot = if full { None } else { (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used) };
         let Some(i) = slot else {
-            // Full: wait for a live writer to drain it rather than lose the
-            // entry; drop (and count) only when there is none, or after MAX_WAIT_US.
+            // Full: wait for our writer to make room rather than lose the
+            // entry, if that can help (see worth_waiting); otherwise, or after
+            // MAX_WAIT_US, drop it and count it.
             let t = crate::ratelimit::now_us();
-            let writer = s.workers.iter().find(|w| w.db == db && w.state == 2 && w.latch != 0 && t - w.heartbeat < STALE_US);
-            match writer {
-                Some(w) if t < deadline => {
+            let wait = match may_wait {
+                Some((w, at)) if t - at < 10_000 => w,
+                _ => {
+                    let w = worth_waiting(&s.workers, &s.entries, db, t, failure);
+                    may_wait = Some((w, t));
+                    w
+                }
+            };
+            match live_writer(&s, db, t) {
+                Some(w) if wait && t < deadline => {
                     let latch = w.latch;
                     drop(s);
                     unsafe {
@@ -246,6 +255,31 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
     }
 }
 
+fn live_writer(s: &LogState, db: u32, now: i64) -> Option<&Worker> {
+    s.workers.iter().find(|w| w.db == db && w.state == 2 && w.latch != 0 && now - w.heartbeat < STALE_US)
+}
+
+/// A writer that took a batch within this long is draining the queue.
+const DRAINING_US: i64 = 1_000_000;
+
+/// With the queue (or its failure half) full: will waiting for our
+/// database's writer make room? Only if it is running, and if at most half of
+/// what fills the queue belongs to other databases whose writers are not
+/// draining it (none could start: all 16 slots taken; or it is stalled or
+/// failing): the queue is shared, and waiting on entries that do not drain
+/// would only delay every caller by MAX_WAIT_US before dropping anyway.
+fn worth_waiting(workers: &[Worker], entries: &[Entry], db: u32, now: i64, failure: bool) -> bool {
+    let ours_live = workers.iter().any(|w| w.db == db && w.state == 2 && w.latch != 0 && now - w.heartbeat < STALE_US);
+    if !ours_live {
+        return false;
+    }
+    let draining = |d: u32| d == db || workers.iter().any(|w| w.db == d && w.state == 2 && now - w.heartbeat < DRAINING_US);
+    let counted = |e: &&Entry| e.used && (!failure || e.outcome != Outcome::Ok as u8);
+    let stuck = entries.iter().filter(counted).filter(|e| !draining(e.db)).count();
+    let limit = if failure { QUEUE / 2 } else { QUEUE };
+    stuck <= limit / 2
+}
+
 /// Under the lock: is a live writer responsible for `db`? If not, reserve a
 /// worker slot and return it for the caller to launch.
 fn claim_worker(s: &mut LogState, db: u32, now: i64) -> Option<usize> {
@@ -254,7 +288,7 @@ fn claim_worker(s: &mut LogState, db: u32, now: i64) -> Option<usize> {
         return None;
     }
     let idx = s.workers.iter().position(|w| !live(w))?;
-    s.workers[idx] = Worker { db, state: 1, heartbeat: now, latch: 0 };
+    s.workers[idx] = Worker { db, state: 1, heartbeat: now, latch: 0, pid: 0 };
     Some(idx)
 }
 
@@ -278,6 +312,14 @@ struct Row {
 fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     let mut s = LOG.exclusive();
     let now = crate::ratelimit::now_us();
+    let me = unsafe { pg_sys::MyProcPid };
+    let w = &mut s.workers[slot];
+    // Our slot, unless we were stalled long enough for it to be handed on.
+    let ours = w.db == db && (w.pid == me || (w.pid == 0 && w.state == 1));
+    if !ours {
+        return (Vec::new(), true);
+    }
+    w.pid = me;
     s.workers[slot].heartbeat = now;
     s.workers[slot].state = 2;
     s.workers[slot].latch = unsafe { pg_sys::MyLatch } as usize;
@@ -303,6 +345,7 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     if exit {
         s.workers[slot].state = 0;
         s.workers[slot].latch = 0;
+        s.workers[slot].pid = 0;
     }
     rows.sort_by_key(|r| r.seq);
     (rows, exit)
@@ -371,28 +414,97 @@ fn write_batch(rows: &[Row]) {
     .expect("writing the request log");
 }
 
+thread_local! {
+    /// Entries taken from the queue and not yet committed to the table.
+    static IN_FLIGHT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs however the writer exits (idle, SIGTERM, or an ERROR while writing,
+/// which ends a background worker): free its slot at once, so callers stop
+/// waiting on it and the next one starts a new writer, and count a batch it
+/// took but could not commit as dropped.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
+    let arg = arg.value() as u64;
+    let (slot, db) = ((arg >> 32) as usize, arg as u32);
+    let lost = IN_FLIGHT.with(|c| c.replace(0));
+    let mut s = LOG.exclusive();
+    s.dropped += lost;
+    let w = &mut s.workers[slot];
+    if w.db == db && w.pid == pg_sys::MyProcPid {
+        *w = Worker { db: 0, state: 0, heartbeat: 0, latch: 0, pid: 0 };
+    }
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
+    let raw = arg;
     let arg = arg.value() as u64;
     let slot = (arg >> 32) as usize;
     let db = pg_sys::Oid::from(arg as u32);
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    unsafe { pg_sys::before_shmem_exit(Some(release_slot), raw) };
     let mut idle_since = crate::ratelimit::now_us();
     loop {
         let (rows, exit) = take_batch(slot, db.to_u32(), idle_since);
         if !rows.is_empty() {
+            IN_FLIGHT.with(|c| c.set(rows.len() as u64));
             BackgroundWorker::transaction(|| write_batch(&rows));
+            IN_FLIGHT.with(|c| c.set(0));
             idle_since = crate::ratelimit::now_us();
         }
         if exit || !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
             break;
         }
     }
-    let mut s = LOG.exclusive();
-    if s.workers[slot].db == db.to_u32() {
-        s.workers[slot].state = 0;
-        s.workers[slot].latch = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(db: u32, heartbeat: i64) -> Worker {
+        Worker { db, state: 2, heartbeat, latch: 1, pid: 1 }
+    }
+
+    fn queue(fill: &[(u32, usize, Outcome)]) -> Vec<Entry> {
+        let mut q = vec![EMPTY; QUEUE];
+        let mut i = 0;
+        for &(db, n, outcome) in fill {
+            for _ in 0..n {
+                q[i] = Entry { used: true, db, outcome: outcome as u8, ..EMPTY };
+                i += 1;
+            }
+        }
+        q
+    }
+
+    #[test]
+    fn waiting_is_worth_it_only_when_draining_writers_hold_the_queue() {
+        let now = 100_000_000;
+        let none = [Worker { db: 0, state: 0, heartbeat: 0, latch: 0, pid: 0 }; 2];
+        let full_of_ours = queue(&[(1, QUEUE, Outcome::Ok)]);
+        // Our writer runs: wait. No writer of ours (or a stale one): don't.
+        assert!(worth_waiting(&[writer(1, now - 50_000), none[0]], &full_of_ours, 1, now, false));
+        assert!(!worth_waiting(&none, &full_of_ours, 1, now, false));
+        assert!(!worth_waiting(&[writer(1, now - STALE_US - 1), none[0]], &full_of_ours, 1, now, false));
+        // Our writer may be stalled (it is ours to wait for, up to MAX_WAIT_US).
+        assert!(worth_waiting(&[writer(1, now - 3_000_000), none[0]], &full_of_ours, 1, now, false));
+        // Three busy databases whose writers all drain: wait.
+        let shared = queue(&[(1, 1366, Outcome::Ok), (2, 1365, Outcome::Ok), (3, 1365, Outcome::Ok)]);
+        let all = [writer(1, now), writer(2, now - 10_000), writer(3, now - 900_000)];
+        assert!(worth_waiting(&all, &shared, 1, now, false));
+        // Database 2 has no writer and holds most of the queue: don't wait on it.
+        let stuck = queue(&[(1, 1000, Outcome::Ok), (2, QUEUE - 1000, Outcome::Ok)]);
+        assert!(!worth_waiting(&[writer(1, now), none[0]], &stuck, 1, now, false));
+        // ... nor when its writer has not taken a batch for over a second.
+        assert!(!worth_waiting(&[writer(1, now), writer(2, now - 2_000_000)], &stuck, 1, now, false));
+        assert!(worth_waiting(&[writer(1, now), writer(2, now - 20_000)], &stuck, 1, now, false));
+        // The failure half counts failure entries only.
+        let failures = queue(&[(2, QUEUE / 2, Outcome::Invalid), (1, QUEUE / 2, Outcome::Ok)]);
+        assert!(!worth_waiting(&[writer(1, now), none[0]], &failures, 1, now, true));
+        assert!(worth_waiting(&[writer(1, now), writer(2, now)], &failures, 1, now, true));
     }
 }

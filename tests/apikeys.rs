@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
-use tenant_guard_harness::{cluster, full_error, sqlstate, Db};
+use tenant_guard_harness::{cluster, full_error, sqlstate, Cluster, Db, Options};
 
 /// Create a key as `user` (a member of `org`); returns (key_id, plaintext).
 fn create_key(c: &mut Client, org: &str, user: &str, args: &str) -> (String, String) {
@@ -357,7 +357,9 @@ fn failed_attempt_in_a_rolled_back_transaction_is_logged() {
 /// writer can go on, every entry reaches the table.
 #[test]
 fn a_full_queue_makes_callers_wait_instead_of_dropping() {
-    let db = cluster().fresh_db();
+    // Its own cluster: the queue is shared by all databases of a cluster.
+    let c = Cluster::start(Options::default());
+    let db = c.fresh_db();
     let w = world(&db);
     let mut app = db.app();
     let (id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'burst', 'member', '{}', NULL, 100000000");
@@ -399,6 +401,40 @@ fn a_full_queue_makes_callers_wait_instead_of_dropping() {
     assert_eq!(dropped(&mut dba), before, "nothing dropped");
     let last_used = val(&mut dba, &format!("SELECT last_used_at IS NOT NULL FROM tenant_guard.api_keys WHERE id = '{id}'"));
     assert_eq!(last_used.as_deref(), Some("t"));
+}
+
+/// A writer whose batch fails (here a trigger rejects one entry) exits; the
+/// batch it took is counted as dropped, its slot is freed at once, and the
+/// next call starts a new writer that logs again.
+#[test]
+fn a_failing_writer_is_replaced_and_its_loss_counted() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    let mut dba = db.dba();
+    exec(
+        &mut dba,
+        "CREATE FUNCTION public.reject_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'boom'; END $$;
+         CREATE TRIGGER reject_boom BEFORE INSERT ON tenant_guard.request_log FOR EACH ROW
+           WHEN (NEW.action = 'boom') EXECUTE FUNCTION public.reject_boom();",
+    );
+    auth(&mut app, &key).unwrap();
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'");
+    let dropped = |c: &mut Client| val(c, "SELECT dropped FROM tenant_guard.request_log_queue()").unwrap().parse::<i64>().unwrap();
+    let before = dropped(&mut dba);
+    app.query_one("SELECT tenant_guard.authenticate($1, 'boom')::text", &[&key]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dropped(&mut dba) == before {
+        assert!(Instant::now() < deadline, "the failed batch was never counted as dropped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Logging goes on at once, with a new writer (no 5 s wait for a stale slot).
+    let t = Instant::now();
+    app.query_one("SELECT tenant_guard.authenticate($1, 'after')::text", &[&key]).unwrap();
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'after'");
+    assert!(t.elapsed() < Duration::from_secs(4), "logging resumed only after {:?}", t.elapsed());
+    assert_eq!(val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'boom'").unwrap(), "0");
 }
 
 #[test]
