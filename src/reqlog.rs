@@ -353,18 +353,25 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
 
 const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
 
+// The writer runs as the bootstrap superuser: its SQL names every function,
+// operator and type with its schema, on top of the pinned search_path
+// (see pin_session_settings).
 const INSERT_SQL: &str = "INSERT INTO tenant_guard.request_log (at, org_id, api_key_id, outcome, action, client_addr)
-     SELECT to_timestamp(u.at), u.org, u.key, u.outcome, u.action, u.addr::inet
-       FROM unnest($1::float8[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+     SELECT pg_catalog.to_timestamp(u.at), u.org, u.key, u.outcome, u.action, u.addr::pg_catalog.inet
+       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.float8[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
+                       pg_catalog.unnest($3::pg_catalog.uuid[]), pg_catalog.unnest($4::pg_catalog.text[]),
+                       pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]))
             AS u(at, org, key, outcome, action, addr)";
 
 // last_used_at: the latest successful use per key. Rows another transaction
 // has locked (say, one revoking the key, which may itself be waiting for room
 // in the queue) are skipped: a later batch sets them.
-const LAST_USED_SQL: &str = "UPDATE tenant_guard.api_keys k SET last_used_at = to_timestamp(u.t)
-       FROM unnest($1::uuid[], $2::float8[]) AS u(id, t)
-      WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))
-        AND k.id IN (SELECT id FROM tenant_guard.api_keys WHERE id = ANY($1) FOR NO KEY UPDATE SKIP LOCKED)";
+const LAST_USED_SQL: &str = "UPDATE tenant_guard.api_keys k SET last_used_at = pg_catalog.to_timestamp(u.t)
+       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.float8[])) AS u(id, t)
+      WHERE k.id OPERATOR(pg_catalog.=) u.id
+        AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) pg_catalog.to_timestamp(u.t))
+        AND k.id IN (SELECT l.id FROM tenant_guard.api_keys l WHERE l.id OPERATOR(pg_catalog.=) ANY ($1)
+                      FOR NO KEY UPDATE SKIP LOCKED)";
 
 thread_local! {
     /// The writer's two statements, planned once per writer process.
@@ -414,6 +421,36 @@ fn write_batch(rows: &[Row]) {
     .expect("writing the request log");
 }
 
+/// The writer connects as the bootstrap superuser, so it picks up the
+/// database's and that role's settings (ALTER DATABASE ... SET, which a
+/// database owner may run). Override the ones that could hijack its SQL
+/// (search_path: a function or operator the owner planted, run as superuser)
+/// or stop it from writing (read-only transactions, lock and statement timeouts).
+fn pin_session_settings() {
+    let settings: [(&std::ffi::CStr, &std::ffi::CStr); 6] = [
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"lock_timeout", c"0"),
+        (c"statement_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+    ];
+    for (name, value) in settings {
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SET,
+                true,
+                pg_sys::PGERROR as i32,
+                false,
+            );
+        }
+    }
+}
+
 thread_local! {
     /// Entries taken from the queue and not yet committed to the table.
     static IN_FLIGHT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -446,6 +483,7 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), raw) };
+    pin_session_settings();
     let mut idle_since = crate::ratelimit::now_us();
     loop {
         let (rows, exit) = take_batch(slot, db.to_u32(), idle_since);

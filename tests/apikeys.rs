@@ -437,6 +437,52 @@ fn a_failing_writer_is_replaced_and_its_loss_counted() {
     assert_eq!(val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'boom'").unwrap(), "0");
 }
 
+/// The log writer runs as the bootstrap superuser in the database, so it
+/// must not pick up what a database owner can set there: a search_path that
+/// puts the owner's functions and operators before pg_catalog (run as
+/// superuser, they could make anyone a superuser), or settings that stop it
+/// writing (read-only transactions, a lock timeout).
+#[test]
+fn the_log_writer_ignores_hostile_database_settings() {
+    // 1. A planted to_timestamp() and = for uuid, first on the database's search_path.
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    let mallory = format!("mallory_{}", db.name);
+    let mut dba = db.dba();
+    exec(&mut dba, &format!("CREATE ROLE {mallory} LOGIN; CREATE SCHEMA evil AUTHORIZATION app"));
+    exec(
+        &mut app,
+        &format!(
+            "CREATE FUNCTION evil.to_timestamp(double precision) RETURNS timestamptz LANGUAGE plpgsql AS $$
+               BEGIN EXECUTE 'ALTER ROLE {mallory} SUPERUSER'; RETURN pg_catalog.to_timestamp($1); END $$;
+             CREATE FUNCTION evil.eq(uuid, uuid) RETURNS boolean LANGUAGE plpgsql AS $$
+               BEGIN EXECUTE 'ALTER ROLE {mallory} SUPERUSER'; RETURN $1 OPERATOR(pg_catalog.=) $2; END $$;
+             CREATE OPERATOR evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = evil.eq);"
+        ),
+    );
+    exec(&mut dba, &format!("ALTER DATABASE {} SET search_path = evil, pg_catalog, public", db.name));
+    let mut fresh = db.app();
+    auth(&mut fresh, &key).unwrap();
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'");
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.api_keys WHERE last_used_at IS NOT NULL");
+    let sup = val(&mut dba, &format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{mallory}'"));
+    exec(&mut dba, &format!("DROP ROLE {mallory}"));
+    assert_eq!(sup.as_deref(), Some("f"), "the writer ran a planted function as superuser");
+
+    // 2. Read-only transactions and a 1 ms lock timeout by default.
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    let mut dba = db.dba();
+    exec(&mut dba, &format!("ALTER DATABASE {0} SET default_transaction_read_only = on; ALTER DATABASE {0} SET lock_timeout = '1ms'", db.name));
+    let mut fresh = db.app();
+    auth(&mut fresh, &key).unwrap();
+    wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'");
+}
+
 #[test]
 fn import_existing_hashes() {
     let db = cluster().fresh_db();
