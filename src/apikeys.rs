@@ -35,11 +35,13 @@ struct KeyRow {
 }
 
 /// The row of `key_hash`, by a direct probe of the unique index (probe.rs).
-/// A key is revoked as soon as the revocation is visible (whatever its
-/// timestamp), and expired once the current statement started at or after
-/// `expires_at` (not the transaction: a long transaction cannot outlive a key).
+/// A key is revoked as soon as the revocation is committed (probe.rs reads
+/// the latest snapshot; the timestamp does not matter), and expired from the
+/// moment the clock passes `expires_at`: not the statement's or the
+/// transaction's start, so neither a long transaction nor a DO/CALL loop that
+/// commits inside one statement can outlive a key.
 fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
-    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let past = |t: Option<i64>| t.is_some_and(|t| t <= now);
     probe::fetch_one(c"api_keys", c"api_keys_key_hash_key", &[(c"key_hash", probe::Key::Bytea(hash))], |r| KeyRow {
         id: r.get(c"id").expect("id"),

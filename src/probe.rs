@@ -87,8 +87,8 @@ impl Row {
 }
 
 /// Find the row of `tenant_guard.<table>` whose `keys` (in the column order
-/// of the unique index `tenant_guard.<index>`) match, under the statement's
-/// snapshot, and pass it to `read`. `read` must only copy values out: it
+/// of the unique index `tenant_guard.<index>`) match, as committed now, and
+/// pass it to `read`. `read` must only copy values out: it
 /// runs while a buffer is pinned.
 pub fn fetch_one<R>(table: &CStr, index: &CStr, keys: &[(&CStr, Key)], read: impl FnOnce(&Row) -> R) -> Option<R> {
     unsafe {
@@ -129,17 +129,36 @@ pub fn fetch_one<R>(table: &CStr, index: &CStr, keys: &[(&CStr, Key)], read: imp
             );
             scankeys.push(sk);
         }
+        // Detoasting values needs an active snapshot; the scan itself uses
+        // the latest one, so what it finds is what is committed now (plus
+        // this transaction's own changes), whatever the isolation level and
+        // whatever snapshot the caller imported (SET TRANSACTION SNAPSHOT):
+        // a revoked key must not come back through an old snapshot.
         let pushed = !pg_sys::ActiveSnapshotSet();
         if pushed {
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         }
-        let scan = pg_sys::index_beginscan(heap, idx, pg_sys::GetActiveSnapshot(), keys.len() as i32, 0);
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        // No statistics for these scans: the caller could read the counters
+        // (pg_stat_get_xact_tuples_returned) before and after a failed
+        // authenticate() and learn whether the key exists.
+        let saved = [((*heap).pgstat_enabled, (*heap).pgstat_info), ((*idx).pgstat_enabled, (*idx).pgstat_info)];
+        for r in [heap, idx] {
+            (*r).pgstat_enabled = false;
+            (*r).pgstat_info = std::ptr::null_mut();
+        }
+        let scan = pg_sys::index_beginscan(heap, idx, snapshot, keys.len() as i32, 0);
         pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), keys.len() as i32, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
         let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
         let out = found.then(|| read(&Row { heap, slot }));
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::index_endscan(scan);
+        for (r, (enabled, info)) in [heap, idx].into_iter().zip(saved) {
+            (*r).pgstat_enabled = enabled;
+            (*r).pgstat_info = info;
+        }
+        pg_sys::UnregisterSnapshot(snapshot);
         if pushed {
             pg_sys::PopActiveSnapshot();
         }

@@ -427,6 +427,24 @@ fn write_batch(rows: &[Row]) {
 /// (search_path: a function or operator the owner planted, run as superuser)
 /// or stop it from writing (read-only transactions, lock and statement timeouts).
 fn pin_session_settings() {
+    // ALTER DATABASE ... SET role / session_authorization would make the
+    // writer someone without INSERT on request_log: be the bootstrap
+    // superuser again, or give up loudly.
+    unsafe {
+        if pg_sys::GetSessionUserId() != pg_sys::GetAuthenticatedUserId() {
+            pg_sys::SetSessionAuthorization(pg_sys::GetAuthenticatedUserId(), true);
+        }
+        pg_sys::set_config_option(
+            c"role".as_ptr(),
+            c"none".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
     let settings: [(&std::ffi::CStr, &std::ffi::CStr); 6] = [
         (c"search_path", c"pg_catalog, pg_temp"),
         (c"default_transaction_read_only", c"off"),
@@ -448,6 +466,9 @@ fn pin_session_settings() {
                 false,
             );
         }
+    }
+    if !unsafe { pg_sys::superuser() } {
+        pgrx::error!("tenant_guard request log writer: not running as a superuser; database settings for role or session_authorization?");
     }
 }
 
@@ -483,7 +504,8 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), raw) };
-    pin_session_settings();
+    // In a transaction: the superuser check reads the catalog.
+    BackgroundWorker::transaction(pin_session_settings);
     let mut idle_since = crate::ratelimit::now_us();
     loop {
         let (rows, exit) = take_batch(slot, db.to_u32(), idle_since);

@@ -197,9 +197,9 @@ fn bad_keys_all_fail_alike() {
     wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'invalid'");
 }
 
-/// authenticate() finds keys by a direct index probe under the statement's
-/// snapshot: a revocation is seen by the very next statement, whether it was
-/// committed by another session or made earlier in the same transaction.
+/// authenticate() finds keys by a direct index probe under the latest
+/// snapshot: a revocation counts as soon as it is committed (or made earlier
+/// in the same transaction), whatever the isolation level or imported snapshot.
 #[test]
 fn revocation_is_seen_by_the_next_statement() {
     let db = cluster().fresh_db();
@@ -229,15 +229,33 @@ fn revocation_is_seen_by_the_next_statement() {
     db.dba().batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = clock_timestamp() WHERE id = '{id3}'")).unwrap();
     assert_eq!(sqlstate(&auth(&mut app, &key3)).as_deref(), Some("28000"), "expired during the transaction");
     exec(&mut app, "ROLLBACK");
-    // A REPEATABLE READ transaction keeps its snapshot, as any query would.
+    // Nor does a REPEATABLE READ transaction that started before it, nor one
+    // that imports a snapshot exported before the revocation.
+    let (id4, key4) = create_key(&mut app, &w.org_a, ADMIN_A, "'k4'");
     exec(&mut app, "BEGIN ISOLATION LEVEL REPEATABLE READ");
-    assert_eq!(auth(&mut app, &key2).unwrap(), w.org_a);
+    assert_eq!(auth(&mut app, &key4).unwrap(), w.org_a);
+    let mut exporter = db.app();
+    exec(&mut exporter, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    let snap = val(&mut exporter, "SELECT pg_export_snapshot()").unwrap();
     begin_as(&mut admin, &w.org_a, ADMIN_A);
-    exec(&mut admin, &format!("SELECT tenant_guard.revoke_api_key('{id2}')"));
+    exec(&mut admin, &format!("SELECT tenant_guard.revoke_api_key('{id4}')"));
     exec(&mut admin, "COMMIT");
-    assert_eq!(auth(&mut app, &key2).unwrap(), w.org_a);
-    exec(&mut app, "COMMIT");
-    assert_eq!(sqlstate(&auth(&mut app, &key2)).as_deref(), Some("28000"));
+    assert_eq!(sqlstate(&auth(&mut app, &key4)).as_deref(), Some("28000"), "REPEATABLE READ begun before the revocation");
+    exec(&mut app, "ROLLBACK");
+    exec(&mut app, &format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snap}'"));
+    assert_eq!(sqlstate(&auth(&mut app, &key4)).as_deref(), Some("28000"), "snapshot exported before the revocation");
+    exec(&mut app, "ROLLBACK");
+    exec(&mut exporter, "COMMIT");
+    // A DO block that commits between calls is one statement: expiry still
+    // follows the clock.
+    let (id5, key5) = create_key(&mut app, &w.org_a, ADMIN_A, "'k5'");
+    db.dba()
+        .batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = clock_timestamp() + interval '1 second' WHERE id = '{id5}'"))
+        .unwrap();
+    let r = app.batch_execute(&format!(
+        "DO $$ BEGIN FOR i IN 1..30 LOOP PERFORM tenant_guard.authenticate('{key5}'); COMMIT; PERFORM pg_sleep(0.1); END LOOP; END $$"
+    ));
+    assert_eq!(sqlstate(&r).as_deref(), Some("28000"), "an expired key kept working inside a committing DO loop");
 }
 
 #[test]
@@ -481,6 +499,63 @@ fn the_log_writer_ignores_hostile_database_settings() {
     let mut fresh = db.app();
     auth(&mut fresh, &key).unwrap();
     wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'");
+}
+
+/// "No oracle": a failed authenticate() must not tell a stored (revoked,
+/// expired) key from one never issued, not even through the statistics
+/// counters of api_keys and its index, which any role can read for its own
+/// transaction.
+#[test]
+fn statistics_counters_are_no_oracle() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (id, revoked) = create_key(&mut app, &w.org_a, ADMIN_A, "'r'");
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    exec(&mut app, &format!("SELECT tenant_guard.revoke_api_key('{id}')"));
+    exec(&mut app, "COMMIT");
+    let (never, _) = {
+        let (nid, k) = create_key(&mut app, &w.org_a, ADMIN_A, "'tmp'");
+        db.dba().batch_execute(&format!("DELETE FROM tenant_guard.api_keys WHERE id = '{nid}'")).unwrap();
+        (k, nid)
+    };
+    let counters = "SELECT pg_stat_get_xact_tuples_returned('tenant_guard.api_keys_key_hash_key'::regclass)::text || '/' ||
+                           pg_stat_get_xact_tuples_fetched('tenant_guard.api_keys_key_hash_key'::regclass)::text || '/' ||
+                           pg_stat_get_xact_numscans('tenant_guard.api_keys_key_hash_key'::regclass)::text || '/' ||
+                           pg_stat_get_xact_tuples_fetched('tenant_guard.api_keys'::regclass)::text";
+    let mut seen = vec![];
+    for key in [revoked.as_str(), never.as_str()] {
+        exec(&mut app, "BEGIN");
+        let before = val(&mut app, counters).unwrap();
+        exec(&mut app, "SAVEPOINT s");
+        assert_eq!(sqlstate(&auth(&mut app, key)).as_deref(), Some("28000"));
+        exec(&mut app, "ROLLBACK TO SAVEPOINT s");
+        seen.push((before, val(&mut app, counters).unwrap()));
+        exec(&mut app, "ROLLBACK");
+    }
+    assert_eq!(seen[0], seen[1], "the counters tell a revoked key from a never-issued one");
+}
+
+/// A database owner's ALTER DATABASE ... SET role must not turn the
+/// (superuser) log writer into a role that cannot write the log.
+#[test]
+fn the_log_writer_ignores_a_database_role_setting() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    db.dba().batch_execute(&format!("ALTER DATABASE {} SET role = 'app'", db.name)).unwrap();
+    let mut fresh = db.app();
+    auth(&mut fresh, &key).unwrap();
+    // dba's own connections to this database now start as app too.
+    let mut dba = db.dba();
+    exec(&mut dba, "SET ROLE NONE");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'").unwrap() == "0" {
+        assert!(Instant::now() < deadline, "the writer did not log under ALTER DATABASE ... SET role");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    exec(&mut dba, &format!("ALTER DATABASE {} RESET role", db.name));
 }
 
 #[test]
