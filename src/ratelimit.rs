@@ -28,23 +28,36 @@ pub struct Slot {
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct Table<const N: usize> {
+    /// Random per server start: where a key's probe window starts is a keyed
+    /// hash, so nobody can compute offline which names share a window with
+    /// someone else's bucket (and evict it by filling that window).
+    seed: [u8; 32],
     slots: [Slot; N],
 }
 
 unsafe impl<const N: usize> PGRXSharedMemory for Table<N> {}
 
 impl<const N: usize> Table<N> {
-    pub const fn new() -> Table<N> {
-        Table { slots: [Slot { key: [0; 16], tat: 0 }; N] }
+    /// Called once, by the postmaster, when shared memory is created.
+    pub fn seeded() -> Table<N> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).expect("the OS random generator failed");
+        Table { seed, slots: [Slot { key: [0; 16], tat: 0 }; N] }
     }
+}
+
+/// First slot of `key`'s probe window: SHA-256(seed || key), keyed by the table's seed.
+fn window_start(seed: &[u8; 32], key: &[u8; 16], n: usize) -> usize {
+    let d = Sha256::new().chain_update(seed).chain_update(key).finalize();
+    (u64::from_le_bytes(d[..8].try_into().unwrap()) % n as u64) as usize
 }
 
 pub static KEYS: PgLwLock<Table<KEY_SLOTS>> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits_keys") };
 pub static BUCKETS: PgLwLock<Table<BUCKET_SLOTS>> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits_buckets") };
 
 pub fn init() {
-    pgrx::pg_shmem_init!(KEYS = Table::new());
-    pgrx::pg_shmem_init!(BUCKETS = Table::new());
+    pgrx::pg_shmem_init!(KEYS = Table::seeded());
+    pgrx::pg_shmem_init!(BUCKETS = Table::seeded());
 }
 
 /// Microseconds on PostgreSQL's clock.
@@ -71,7 +84,7 @@ pub fn key(domain: &str, parts: &[&[u8]]) -> [u8; 16] {
 pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate: Rate, quantity: i64) -> Decision {
     let mut t = table.exclusive();
     let now = now_us();
-    let start = (u64::from_le_bytes(key[..8].try_into().unwrap()) as usize) % N;
+    let start = window_start(&t.seed, &key, N);
     let mut found = None;
     let mut free = None;
     let mut parked = start;
@@ -131,4 +144,28 @@ fn _rate_limit(bucket: Option<&str>, per_period: Option<i32>, period_us: Option<
     let params = [per_period.to_be_bytes(), burst.to_be_bytes()].concat();
     let k = key("bucket", &[&db, &org, &params, &period_us.to_be_bytes(), bucket.as_bytes()]);
     !throttle(&BUCKETS, k, rate, 1).limited
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_depend_on_the_secret_seed() {
+        let k = key("bucket", &[b"login:alice@example.com"]);
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(window_start(&a, &k, BUCKET_SLOTS), window_start(&a, &k, BUCKET_SLOTS));
+        // Over many keys, two seeds place windows independently (a fixed,
+        // unkeyed placement would agree on every key).
+        let same = (0..1000u32)
+            .filter(|i| {
+                let k = key("bucket", &[&i.to_be_bytes()]);
+                window_start(&a, &k, BUCKET_SLOTS) == window_start(&b, &k, BUCKET_SLOTS)
+            })
+            .count();
+        assert!(same < 10, "{same} of 1000 windows coincide across seeds");
+        // And the placement is not the key's own leading bytes, as before.
+        let unkeyed = (u64::from_le_bytes(k[..8].try_into().unwrap()) as usize) % BUCKET_SLOTS;
+        assert!((0..50u8).any(|i| window_start(&[i; 32], &k, BUCKET_SLOTS) != unkeyed));
+    }
 }
