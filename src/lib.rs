@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod gcra;
 pub mod jwt;
 pub mod keys;
+pub mod redact;
 pub mod roles;
 pub mod token;
 pub mod webhook;
@@ -20,6 +21,7 @@ mod error;
 mod guard;
 mod gucs;
 mod keyring;
+mod logscrub;
 mod probe;
 mod ratelimit;
 mod reqlog;
@@ -49,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     ratelimit::init();
     reqlog::init();
     guard::init();
+    logscrub::init();
 }
 
 // In-database tests only run under `cargo pgrx test` (feature pg_test);
