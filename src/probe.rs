@@ -68,6 +68,52 @@ unsafe fn attnum(rel: pg_sys::Relation, column: &CStr) -> i16 {
     broken(&format!("column {} is missing", column.to_string_lossy()))
 }
 
+thread_local! {
+    /// (table, schema oid, table oid, index oid) found by name earlier in
+    /// this backend: saves three catalog lookups per call.
+    static OIDS: std::cell::RefCell<Vec<(&'static CStr, Oid, Oid, Oid)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Is `rel` still `tenant_guard.<name>` (an OID found earlier may have been
+/// dropped, with the extension, and even reused)?
+unsafe fn is_named(rel: pg_sys::Relation, nsp: Oid, name: &CStr) -> bool {
+    let form = (*rel).rd_rel;
+    (*form).relnamespace == nsp && CStr::from_ptr((*form).relname.data.as_ptr()) == name
+}
+
+/// Open the table and its index (AccessShareLock, kept to the end of the
+/// transaction), by the OIDs cached for this backend when they still name
+/// them, else by looking the names up in schema tenant_guard.
+unsafe fn open_pair(table: &'static CStr, index: &'static CStr) -> (pg_sys::Relation, pg_sys::Relation) {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let cached = OIDS.with(|o| o.borrow().iter().find(|e| e.0 == table).map(|e| (e.1, e.2, e.3)));
+    if let Some((nsp, t, i)) = cached {
+        let heap = pg_sys::try_table_open(t, lock);
+        if !heap.is_null() {
+            if is_named(heap, nsp, table) {
+                let idx = pg_sys::try_relation_open(i, lock);
+                if !idx.is_null() {
+                    if !(*idx).rd_index.is_null() && is_named(idx, nsp, index) {
+                        return (heap, idx);
+                    }
+                    pg_sys::relation_close(idx, lock);
+                }
+            }
+            pg_sys::table_close(heap, lock);
+        }
+        OIDS.with(|o| o.borrow_mut().retain(|e| e.0 != table));
+    }
+    let nsp = pg_sys::get_namespace_oid(c"tenant_guard".as_ptr(), true);
+    if nsp == pg_sys::InvalidOid {
+        broken("schema tenant_guard is missing");
+    }
+    let (t, i) = (relid(nsp, table), relid(nsp, index));
+    let heap = pg_sys::table_open(t, lock);
+    let idx = pg_sys::index_open(i, lock);
+    OIDS.with(|o| o.borrow_mut().push((table, nsp, t, i)));
+    (heap, idx)
+}
+
 /// The fetched row, valid only inside the closure given to [`fetch_one`].
 pub struct Row {
     heap: pg_sys::Relation,
@@ -78,11 +124,24 @@ impl Row {
     /// The value of `column`, copied out of the buffer (so it outlives the row).
     pub fn get<T: FromDatum>(&self, column: &CStr) -> Option<T> {
         unsafe {
-            let n = attnum(self.heap, column);
-            let mut isnull = false;
-            let d = pg_sys::slot_getattr(self.slot, n as i32, &mut isnull);
+            let (d, isnull) = self.datum(column);
             T::from_datum(d, isnull)
         }
+    }
+
+    /// A bytea column, copied in one go (pgrx's `Vec<u8>` copies byte by byte).
+    pub fn bytes(&self, column: &CStr) -> Option<Vec<u8>> {
+        unsafe {
+            let (d, isnull) = self.datum(column);
+            <&[u8]>::from_datum(d, isnull).map(<[u8]>::to_vec)
+        }
+    }
+
+    unsafe fn datum(&self, column: &CStr) -> (Datum, bool) {
+        let n = attnum(self.heap, column);
+        let mut isnull = false;
+        let d = pg_sys::slot_getattr(self.slot, n as i32, &mut isnull);
+        (d, isnull)
     }
 }
 
@@ -90,15 +149,9 @@ impl Row {
 /// of the unique index `tenant_guard.<index>`) match, as committed now, and
 /// pass it to `read`. `read` must only copy values out: it
 /// runs while a buffer is pinned.
-pub fn fetch_one<R>(table: &CStr, index: &CStr, keys: &[(&CStr, Key)], read: impl FnOnce(&Row) -> R) -> Option<R> {
+pub fn fetch_one<R>(table: &'static CStr, index: &'static CStr, keys: &[(&CStr, Key)], read: impl FnOnce(&Row) -> R) -> Option<R> {
     unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"tenant_guard".as_ptr(), true);
-        if nsp == pg_sys::InvalidOid {
-            broken("schema tenant_guard is missing");
-        }
-        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let heap = pg_sys::table_open(relid(nsp, table), lock);
-        let idx = pg_sys::index_open(relid(nsp, index), lock);
+        let (heap, idx) = open_pair(table, index);
         let form = (*idx).rd_index;
         let usable = (*form).indisunique
             && (*form).indisvalid

@@ -120,7 +120,7 @@ pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
         c"secrets",
         c"secrets_org_id_kind_name_key",
         &[(c"org_id", probe::Key::Uuid(Uuid::from_bytes(org))), (c"kind", probe::Key::Text(kind)), (c"name", probe::Key::Text(name))],
-        |r| r.get::<Vec<u8>>(c"ciphertext"),
+        |r| r.bytes(c"ciphertext"),
     )??;
     Some(open(&ct, &envelope::secret_aad(&org, kind, name)))
 }

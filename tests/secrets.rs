@@ -74,6 +74,27 @@ fn large_values_exact_names_and_same_transaction_reads() {
     assert_eq!(val(&mut svc, &format!("SELECT tenant_guard.get_secret('{org}', 'blob', NULL) IS NULL")).unwrap(), "t");
 }
 
+/// probe.rs caches table and index OIDs per backend: after the extension is
+/// dropped and created again on the same connection, the lookup finds the
+/// new tables (not an error, not the old ones).
+#[test]
+fn lookups_follow_a_recreated_extension_on_the_same_connection() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut dba = db.dba();
+    let org = w.org_a.as_str();
+    dba.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'k', 'n', 'first')", &[&org]).unwrap();
+    assert_eq!(get(&mut dba, org, "k", "n").unwrap().as_deref(), Some("first"));
+    // (a key of a foreign format skips the checksum and is looked up: api_keys' OIDs are cached too)
+    assert_eq!(sqlstate(&dba.simple_query("SELECT tenant_guard.authenticate('legacy-key-1')")).as_deref(), Some("28000"));
+    exec(&mut dba, "DROP EXTENSION tenant_guard CASCADE; CREATE EXTENSION tenant_guard");
+    assert_eq!(get(&mut dba, org, "k", "n").unwrap(), None, "a new, empty table");
+    let org2 = val(&mut dba, &format!("SELECT tenant_guard.create_organization('again', '{OWNER_A}')")).unwrap();
+    dba.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'k', 'n', 'second')", &[&org2]).unwrap();
+    assert_eq!(get(&mut dba, &org2, "k", "n").unwrap().as_deref(), Some("second"));
+    assert_eq!(sqlstate(&dba.simple_query("SELECT tenant_guard.authenticate('legacy-key-1')")).as_deref(), Some("28000"), "api_keys too");
+}
+
 #[test]
 fn who_may_do_what() {
     let db = cluster().fresh_db();
