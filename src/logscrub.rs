@@ -7,15 +7,17 @@
 //!   statement containing one is not printed after an error;
 //! - for a statement that mentions tenant_guard, bound parameter values
 //!   (`log_parameter_max_length[_on_error]`, which any role may set for itself)
-//!   are redacted, and the parse-tree and plan dumps of `debug_print_*`
-//!   (which print bound values as constants) are not written at all.
+//!   are redacted;
+//! - the parse-tree and plan dumps of `debug_print_*` (which print bound
+//!   values as constants) are not written for such statements, nor at all
+//!   for sessions of non-superusers.
 //!
 //! The rewriting is pure Rust in redact.rs; this layer only swaps strings.
 //! It must never raise: any failure leaves the message as it was.
 
 use crate::redact;
 use pgrx::pg_sys;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, CStr};
 
 static mut PREV: pg_sys::emit_log_hook_type = None;
 
@@ -34,42 +36,51 @@ unsafe extern "C-unwind" fn hook(edata: *mut pg_sys::ErrorData) {
     }
 }
 
-unsafe fn text<'a>(p: *const c_char) -> Option<&'a str> {
+unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
     if p.is_null() {
         None
     } else {
-        unsafe { CStr::from_ptr(p) }.to_str().ok()
+        Some(unsafe { CStr::from_ptr(p) }.to_bytes())
     }
 }
 
-/// Replace the string at `field` (allocated in ErrorContext, as elog.c does).
-unsafe fn replace(field: &mut *mut c_char, new: String) {
-    let Ok(c) = CString::new(new) else { return };
-    *field = unsafe { pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, c.as_ptr()) };
+/// Write `new` over the string at `field`. redact.rs never lengthens a text,
+/// so it fits the original allocation: nothing is allocated or freed here
+/// (an allocation could fail, and raise, while an error is being reported).
+unsafe fn overwrite(field: *mut c_char, old_len: usize, new: &[u8]) {
+    if new.len() > old_len || new.contains(&0) {
+        return;
+    }
+    unsafe {
+        std::ptr::copy_nonoverlapping(new.as_ptr(), field.cast::<u8>(), new.len());
+        *field.add(new.len()) = 0;
+    }
 }
 
 unsafe fn scrub(edata: *mut pg_sys::ErrorData) {
     let e = unsafe { &mut *edata };
-    let stmt = unsafe { text(pg_sys::debug_query_string) }.unwrap_or("");
-    let ours = stmt.to_ascii_lowercase().contains("tenant_guard");
-    if ours {
-        if let Some(m) = unsafe { text(e.message) } {
-            if matches!(m, "parse tree:" | "rewritten parse tree:" | "plan:") {
-                e.output_to_server = false;
-                e.output_to_client = false;
-                return;
-            }
+    let stmt = unsafe { bytes(pg_sys::debug_query_string) }.unwrap_or(b"");
+    // debug_print_parse/_rewritten/_plan dumps print bound values (keys,
+    // secrets) as constants, as decimal bytes no pattern can recognise, and
+    // any role may turn them on for itself: not written for non-superuser
+    // sessions, nor for any statement that mentions tenant_guard.
+    let ours = redact::contains_ci(stmt, b"tenant_guard");
+    if let Some(m) = unsafe { bytes(e.message) } {
+        if matches!(m, b"parse tree:" | b"rewritten parse tree:" | b"plan:") && (ours || !unsafe { pg_sys::session_auth_is_superuser }) {
+            e.output_to_server = false;
+            e.output_to_client = false;
+            return;
         }
     }
     if redact::has_secret(stmt) {
         e.hide_stmt = true;
     }
-    for field in [&mut e.message, &mut e.detail, &mut e.detail_log, &mut e.hint, &mut e.context, &mut e.internalquery] {
-        let Some(old) = (unsafe { text(*field) }) else { continue };
+    for field in [e.message, e.detail, e.detail_log, e.hint, e.context, e.internalquery] {
+        let Some(old) = (unsafe { bytes(field) }) else { continue };
         let step1 = redact::secrets(old);
         let step2 = if ours { redact::parameters(step1.as_deref().unwrap_or(old)) } else { None };
         if let Some(new) = step2.or(step1) {
-            unsafe { replace(field, new) };
+            unsafe { overwrite(field, old.len(), &new) };
         }
     }
 }

@@ -12,7 +12,7 @@
 use crate::error::raise;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::{FromDatum, IntoDatum, PgSqlErrorCode};
-use std::ffi::CStr;
+use std::ffi::{c_char, CStr};
 
 /// One equality condition of the probe, as `column = value`.
 pub enum Key<'a> {
@@ -86,22 +86,29 @@ unsafe fn is_named(rel: pg_sys::Relation, nsp: Oid, name: &CStr) -> bool {
 /// them, else by looking the names up in schema tenant_guard.
 unsafe fn open_pair(table: &'static CStr, index: &'static CStr) -> (pg_sys::Relation, pg_sys::Relation) {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    let cached = OIDS.with(|o| o.borrow().iter().find(|e| e.0 == table).map(|e| (e.1, e.2, e.3)));
-    if let Some((nsp, t, i)) = cached {
-        let heap = pg_sys::try_table_open(t, lock);
+    // Taken out while in use: should opening raise, the entry is gone.
+    let cached = OIDS.with(|o| {
+        let mut o = o.borrow_mut();
+        let pos = o.iter().position(|e| e.0 == table)?;
+        Some(o.swap_remove(pos))
+    });
+    if let Some((_, nsp, t, i)) = cached {
+        // try_relation_open, not try_table_open: a reused OID may be another
+        // kind of relation, which try_table_open would reject with an error.
+        let heap = pg_sys::try_relation_open(t, lock);
         if !heap.is_null() {
-            if is_named(heap, nsp, table) {
+            if (*(*heap).rd_rel).relkind == pg_sys::RELKIND_RELATION as c_char && is_named(heap, nsp, table) {
                 let idx = pg_sys::try_relation_open(i, lock);
                 if !idx.is_null() {
                     if !(*idx).rd_index.is_null() && is_named(idx, nsp, index) {
+                        OIDS.with(|o| o.borrow_mut().push((table, nsp, t, i)));
                         return (heap, idx);
                     }
                     pg_sys::relation_close(idx, lock);
                 }
             }
-            pg_sys::table_close(heap, lock);
+            pg_sys::relation_close(heap, lock);
         }
-        OIDS.with(|o| o.borrow_mut().retain(|e| e.0 != table));
     }
     let nsp = pg_sys::get_namespace_oid(c"tenant_guard".as_ptr(), true);
     if nsp == pg_sys::InvalidOid {
@@ -112,6 +119,38 @@ unsafe fn open_pair(table: &'static CStr, index: &'static CStr) -> (pg_sys::Rela
     let idx = pg_sys::index_open(i, lock);
     OIDS.with(|o| o.borrow_mut().push((table, nsp, t, i)));
     (heap, idx)
+}
+
+/// Statistics counting switched off on relations for as long as this lives,
+/// and restored on drop: also when an error unwinds through the probe
+/// (pgrx turns it into a panic), so a relcache entry is never left without
+/// its statistics link.
+struct NoStats {
+    saved: [(pg_sys::Relation, bool, *mut pg_sys::PgStat_TableStatus); 2],
+}
+
+impl NoStats {
+    unsafe fn new(rels: [pg_sys::Relation; 2]) -> NoStats {
+        let saved = rels.map(|r| unsafe { (r, (*r).pgstat_enabled, (*r).pgstat_info) });
+        for r in rels {
+            unsafe {
+                (*r).pgstat_enabled = false;
+                (*r).pgstat_info = std::ptr::null_mut();
+            }
+        }
+        NoStats { saved }
+    }
+}
+
+impl Drop for NoStats {
+    fn drop(&mut self) {
+        for (r, enabled, info) in self.saved {
+            unsafe {
+                (*r).pgstat_enabled = enabled;
+                (*r).pgstat_info = info;
+            }
+        }
+    }
 }
 
 /// The fetched row, valid only inside the closure given to [`fetch_one`].
@@ -195,11 +234,7 @@ pub fn fetch_one<R>(table: &'static CStr, index: &'static CStr, keys: &[(&CStr, 
         // No statistics for these scans: the caller could read the counters
         // (pg_stat_get_xact_tuples_returned) before and after a failed
         // authenticate() and learn whether the key exists.
-        let saved = [((*heap).pgstat_enabled, (*heap).pgstat_info), ((*idx).pgstat_enabled, (*idx).pgstat_info)];
-        for r in [heap, idx] {
-            (*r).pgstat_enabled = false;
-            (*r).pgstat_info = std::ptr::null_mut();
-        }
+        let no_stats = NoStats::new([heap, idx]);
         let scan = pg_sys::index_beginscan(heap, idx, snapshot, keys.len() as i32, 0);
         pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), keys.len() as i32, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
@@ -207,10 +242,7 @@ pub fn fetch_one<R>(table: &'static CStr, index: &'static CStr, keys: &[(&CStr, 
         let out = found.then(|| read(&Row { heap, slot }));
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::index_endscan(scan);
-        for (r, (enabled, info)) in [heap, idx].into_iter().zip(saved) {
-            (*r).pgstat_enabled = enabled;
-            (*r).pgstat_info = info;
-        }
+        drop(no_stats);
         pg_sys::UnregisterSnapshot(snapshot);
         if pushed {
             pg_sys::PopActiveSnapshot();

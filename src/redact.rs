@@ -1,160 +1,185 @@
 //! What the server-log hook (logscrub.rs) removes from a log message: API
 //! keys, JWTs and webhook secrets wherever they appear, and bound parameter
-//! values. Pure string functions; each returns None when nothing changed.
+//! values. Pure functions on bytes (every server encoding is ASCII-safe and
+//! every pattern here is ASCII). A result is never longer than its input, so
+//! the hook can write it over the original without allocating; each returns
+//! None when nothing changed.
 
 use crate::apikey::{DISPLAY_LEN, PREFIX};
 
-const REDACTED: &str = "[redacted by tenant_guard]";
+const MARK: &[u8] = b"[redacted]";
+
+/// `MARK` when it fits in `n` bytes, else `n` asterisks.
+fn mark(n: usize) -> Vec<u8> {
+    if n >= MARK.len() {
+        MARK.to_vec()
+    } else {
+        vec![b'*'; n]
+    }
+}
+
+fn run(s: &[u8], from: usize, pred: fn(u8) -> bool) -> usize {
+    s.get(from..).map_or(0, |r| r.iter().take_while(|&&b| pred(b)).count())
+}
 
 fn is_b62(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
 
 fn is_b64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'='
 }
 
 fn is_b64(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='
 }
 
-fn run(s: &[u8], from: usize, pred: fn(u8) -> bool) -> usize {
-    s[from..].iter().take_while(|&&b| pred(b)).count()
-}
-
-/// Replace, in `text`:
-/// - API keys (`tgk_` and at least 20 base62 characters): all but the
-///   12-character display prefix admins already see;
-/// - JWTs (`eyJ` + three dot-separated base64url segments): whole;
-/// - webhook secrets (`whsec_` + base64): all but the prefix.
-pub fn secrets(text: &str) -> Option<String> {
-    let s = text.as_bytes();
-    let mut out = String::new();
-    let mut copied = 0;
-    let mut i = 0;
+/// The next secret-looking span at or after `i`: (start of what is
+/// replaced, end). API keys keep their 12-character display prefix (what
+/// admins already see), so any `tgk_` with more than 8 further characters is
+/// cut, including a key truncated by `log_parameter_max_length`.
+fn next_span(s: &[u8], mut i: usize) -> Option<(usize, usize)> {
     while i < s.len() {
         let rest = &s[i..];
-        let mut cut: Option<(usize, usize, &str)> = None; // (keep up to, end, replacement)
         if rest.starts_with(PREFIX.as_bytes()) {
             let n = run(s, i + PREFIX.len(), is_b62);
-            if n >= 20 {
-                let keep = i + DISPLAY_LEN.min(PREFIX.len() + n);
-                cut = Some((keep, i + PREFIX.len() + n, "…"));
+            let keep = DISPLAY_LEN - PREFIX.len();
+            if n > keep {
+                return Some((i + DISPLAY_LEN, i + PREFIX.len() + n));
             }
         } else if rest.starts_with(b"eyJ") {
-            let a = run(s, i, is_b64url);
-            let dot1 = i + a;
-            if dot1 < s.len() && s[dot1] == b'.' {
+            let dot1 = i + run(s, i, is_b64url);
+            if s.get(dot1) == Some(&b'.') {
                 let b = run(s, dot1 + 1, is_b64url);
                 let dot2 = dot1 + 1 + b;
-                if b > 0 && dot2 < s.len() && s[dot2] == b'.' {
-                    let c = run(s, dot2 + 1, is_b64url);
-                    cut = Some((i, dot2 + 1 + c, "[JWT]"));
+                if b > 0 && s.get(dot2) == Some(&b'.') {
+                    return Some((i, dot2 + 1 + run(s, dot2 + 1, is_b64url)));
                 }
             }
         } else if rest.starts_with(b"whsec_") {
             let n = run(s, i + 6, is_b64);
             if n > 0 {
-                cut = Some((i + 6, i + 6 + n, ""));
+                return Some((i + 6, i + 6 + n));
             }
         }
-        match cut {
-            Some((keep, end, mark)) => {
-                out.push_str(&text[copied..keep]);
-                out.push_str(mark);
-                out.push_str(REDACTED);
-                copied = end;
-                i = end;
-            }
-            None => i += 1,
+        i += 1;
+    }
+    None
+}
+
+/// Whether `text` contains something `secrets` would redact (no allocation).
+pub fn has_secret(text: &[u8]) -> bool {
+    next_span(text, 0).is_some()
+}
+
+/// Replace API keys (beyond their display prefix), JWTs and webhook secrets.
+pub fn secrets(text: &[u8]) -> Option<Vec<u8>> {
+    let mut span = next_span(text, 0)?;
+    let mut out = Vec::with_capacity(text.len());
+    let mut copied = 0;
+    loop {
+        let (start, end) = span;
+        out.extend_from_slice(&text[copied..start]);
+        out.extend_from_slice(&mark(end - start));
+        copied = end;
+        match next_span(text, end) {
+            Some(s) => span = s,
+            None => break,
         }
     }
-    if copied == 0 {
-        return None;
-    }
-    out.push_str(&text[copied..]);
+    out.extend_from_slice(&text[copied..]);
     Some(out)
 }
 
-/// Replace bound parameter values, as PostgreSQL prints them in a DETAIL
-/// (`parameters: $1 = '...', ...`) or a CONTEXT line (`unnamed portal with
-/// parameters: ...`): from "parameters: " to the end of that line.
-pub fn parameters(text: &str) -> Option<String> {
-    const TAG: &str = "parameters: ";
-    if !text.contains(TAG) {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    for (n, line) in text.split('\n').enumerate() {
-        if n > 0 {
-            out.push('\n');
-        }
-        match line.find(TAG) {
-            Some(p) => {
-                out.push_str(&line[..p + TAG.len()]);
-                out.push_str(REDACTED);
+/// Replace bound parameter values as PostgreSQL prints them, in any
+/// message language: from the first `$<n> = ` to the end of the field
+/// (a value may span lines). Covers `parameters: $1 = '...'` (DETAIL),
+/// `unnamed portal with parameters: $1 = ...` and `... parameter $1 = ...` (CONTEXT).
+pub fn parameters(text: &[u8]) -> Option<Vec<u8>> {
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'$' {
+            let d = run(text, i + 1, |b| b.is_ascii_digit());
+            if d > 0 && text[i + 1 + d..].starts_with(b" = ") {
+                let start = i + 1 + d + 3;
+                let mut out = text[..start].to_vec();
+                out.extend_from_slice(&mark(text.len() - start));
+                return Some(out);
             }
-            None => out.push_str(line),
         }
+        i += 1;
     }
-    Some(out)
+    None
 }
 
-/// Whether `text` contains something `secrets` would redact.
-pub fn has_secret(text: &str) -> bool {
-    secrets(text).is_some()
+/// Case-insensitive ASCII search, without allocating.
+pub fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn s(v: Option<Vec<u8>>) -> String {
+        String::from_utf8(v.expect("redacted")).unwrap()
+    }
+
     #[test]
     fn api_keys_keep_only_their_display_prefix() {
         let key = crate::apikey::generate().unwrap();
         let msg = format!("duration: 0.1 ms  statement: SELECT tenant_guard.authenticate('{key}', 'x')");
-        let r = secrets(&msg).unwrap();
+        let r = s(secrets(msg.as_bytes()));
         assert!(!r.contains(&key[12..]), "{r}");
         assert!(r.contains(&key[..12]), "{r}");
         assert!(r.ends_with("', 'x')"), "{r}");
-        // Two keys, and one at the very end.
-        let r = secrets(&format!("{key} and {key}")).unwrap();
-        assert_eq!(r.matches(REDACTED).count(), 2);
-        assert!(!r.contains(&key[20..]));
-        // Too short to be a key, or no key at all: untouched.
-        assert_eq!(secrets("tgk_short"), None);
-        assert_eq!(secrets("the tgk_ prefix"), None);
-        assert_eq!(secrets("nothing here"), None);
+        assert!(r.len() <= msg.len());
+        let two = format!("{key} and {key}");
+        let r = s(secrets(two.as_bytes()));
+        assert_eq!(r.matches("[redacted]").count(), 2);
+        // Truncated by log_parameter_max_length_on_error = 15: nothing past the prefix.
+        let r = s(secrets(format!("$1 = '{}...'", &key[..15]).as_bytes()));
+        assert!(!r.contains(&key[12..15]), "{r}");
+        // Too short to carry more than the display prefix, or no key: untouched.
+        assert_eq!(secrets(b"tgk_short"), None);
+        assert_eq!(secrets(b"the tgk_ prefix"), None);
+        assert_eq!(secrets(b"nothing here"), None);
     }
 
     #[test]
     fn jwts_and_webhook_secrets() {
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlX2J5dGVz";
-        let r = secrets(&format!("parameters: $1 = '{jwt}'")).unwrap();
+        let r = s(secrets(format!("parameters: $1 = '{jwt}'").as_bytes()));
         assert!(!r.contains("eyJzdWIiOiIxIn0") && !r.contains("c2lnbmF0dXJl"), "{r}");
-        let r = secrets("SELECT webhook_sign('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'm')").unwrap();
+        let r = s(secrets(b"SELECT webhook_sign('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'm')"));
         assert!(!r.contains("MfKQ9r8"), "{r}");
-        assert!(r.contains("whsec_[redacted"), "{r}");
-        // Not a JWT: no second dot.
-        assert_eq!(secrets("eyJabc.def"), None);
+        assert!(r.contains("whsec_[redacted]"), "{r}");
+        assert_eq!(secrets(b"eyJabc.def"), None, "not a JWT: no second dot");
     }
 
     #[test]
-    fn parameter_values_are_cut_to_the_end_of_their_line() {
-        let d = "parameters: $1 = 'sk_live_1', $2 = 'b'";
-        assert_eq!(parameters(d).unwrap(), format!("parameters: {REDACTED}"));
-        let c = "SQL function \"x\"\nunnamed portal with parameters: $1 = 'sk_live_1'\nmore";
-        let r = parameters(c).unwrap();
-        assert!(!r.contains("sk_live_1"));
-        assert!(r.starts_with("SQL function \"x\"\nunnamed portal with parameters: "));
-        assert!(r.ends_with("\nmore"));
-        assert_eq!(parameters("no values here"), None);
+    fn parameter_values_are_cut_to_the_end_of_the_field() {
+        let d = b"parameters: $1 = 'sk_live_1', $2 = 'b'";
+        assert_eq!(s(parameters(d)), "parameters: $1 = [redacted]");
+        let c = b"unnamed portal with parameters: $1 = '-----BEGIN KEY-----\nMIIsecret\n-----END KEY-----'";
+        let r = s(parameters(c));
+        assert!(!r.contains("MIIsecret") && !r.contains("BEGIN"), "{r}");
+        // Translated messages, and the bind-error form.
+        assert_eq!(s(parameters("Parameter: $1 = 'x'".as_bytes())), "Parameter: $1 = ***");
+        assert!(parameters(b"unnamed portal parameter $12 = '...'").is_some());
+        assert_eq!(parameters(b"statement: SELECT 1 WHERE a = $1"), None);
     }
 
     #[test]
-    fn non_ascii_text_is_kept_intact() {
+    fn bytes_that_are_not_utf8_are_kept_and_still_scanned() {
         let key = crate::apikey::generate().unwrap();
-        let r = secrets(&format!("é {key} ü")).unwrap();
-        assert!(r.starts_with("é ") && r.ends_with(" ü"));
+        let mut msg = vec![0xe9u8, b' '];
+        msg.extend_from_slice(key.as_bytes());
+        msg.extend_from_slice(&[b' ', 0xfc]);
+        let r = secrets(&msg).unwrap();
+        assert_eq!(&r[..2], &[0xe9, b' ']);
+        assert_eq!(&r[r.len() - 2..], &[b' ', 0xfc]);
+        assert!(!r.windows(10).any(|w| w == &key.as_bytes()[20..30]));
+        assert!(contains_ci(b"select TENANT_GUARD.x", b"tenant_guard"));
     }
 }
