@@ -43,14 +43,23 @@ struct KeyRow {
 fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let past = |t: Option<i64>| t.is_some_and(|t| t <= now);
-    probe::fetch_one(c"api_keys", c"api_keys_key_hash_key", &[(c"key_hash", probe::Key::Bytea(hash))], |r| KeyRow {
-        id: r.get(c"id").expect("id"),
-        org: r.get(c"org_id").expect("org_id"),
-        role: r.get(c"role").expect("role"),
-        scopes: r.get::<Vec<String>>(c"scopes").unwrap_or_default(),
-        rpm: r.get(c"rate_limit_per_minute").expect("rate"),
-        revoked: r.get::<i64>(c"revoked_at").is_some(),
-        expired: past(r.get::<i64>(c"expires_at")),
+    use pg_sys::PgBuiltInOids as T;
+    probe::fetch_one(c"api_keys", c"api_keys_key_hash_key", &[(c"key_hash", probe::Key::Bytea(hash))], |r| {
+        let revoked = r.get::<i64>(c"revoked_at", T::TIMESTAMPTZOID).is_some();
+        let expired = past(r.get::<i64>(c"expires_at", T::TIMESTAMPTZOID));
+        // Role and scopes (which could be stored out of line, in TOAST) are
+        // read only for a usable key: a revoked or expired key touches
+        // nothing an unknown one does not.
+        let usable = !revoked && !expired;
+        KeyRow {
+            id: r.get(c"id", T::UUIDOID).expect("id"),
+            org: r.get(c"org_id", T::UUIDOID).expect("org_id"),
+            role: if usable { r.get(c"role", T::TEXTOID).expect("role") } else { String::new() },
+            scopes: if usable { r.get::<Vec<String>>(c"scopes", T::TEXTARRAYOID).unwrap_or_default() } else { Vec::new() },
+            rpm: r.get(c"rate_limit_per_minute", T::INT4OID).expect("rate"),
+            revoked,
+            expired,
+        }
     })
 }
 

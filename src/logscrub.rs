@@ -29,8 +29,11 @@ pub fn init() {
 }
 
 unsafe extern "C-unwind" fn hook(edata: *mut pg_sys::ErrorData) {
-    // A panic here would turn into an error while reporting an error.
-    let _ = std::panic::catch_unwind(|| unsafe { scrub(edata) });
+    // A panic here would turn into an error while reporting an error; and a
+    // half-scrubbed message is not written to the server log at all.
+    if std::panic::catch_unwind(|| unsafe { scrub(edata) }).is_err() {
+        unsafe { (*edata).output_to_server = false };
+    }
     if let Some(prev) = unsafe { PREV } {
         unsafe { prev(edata) };
     }
@@ -45,8 +48,9 @@ unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
 }
 
 /// Write `new` over the string at `field`. redact.rs never lengthens a text,
-/// so it fits the original allocation: nothing is allocated or freed here
-/// (an allocation could fail, and raise, while an error is being reported).
+/// so it fits the original allocation: no PostgreSQL memory is allocated or
+/// freed (which could raise while an error is being reported). The rewritten
+/// text itself is built in Rust memory.
 unsafe fn overwrite(field: *mut c_char, old_len: usize, new: &[u8]) {
     if new.len() > old_len || new.contains(&0) {
         return;

@@ -29,6 +29,13 @@ impl Key<'_> {
             Key::Text(_) => pg_sys::F_TEXTEQ,
         }
     }
+    fn type_oid(&self) -> pg_sys::PgBuiltInOids {
+        match self {
+            Key::Bytea(_) => pg_sys::PgBuiltInOids::BYTEAOID,
+            Key::Uuid(_) => pg_sys::PgBuiltInOids::UUIDOID,
+            Key::Text(_) => pg_sys::PgBuiltInOids::TEXTOID,
+        }
+    }
     fn datum(&self) -> Datum {
         match self {
             Key::Bytea(b) => b.into_datum(),
@@ -56,12 +63,16 @@ fn relid(nsp: Oid, name: &CStr) -> Oid {
     oid
 }
 
-/// The attribute number of `column` in `rel`'s tuple descriptor.
-unsafe fn attnum(rel: pg_sys::Relation, column: &CStr) -> i16 {
+/// The attribute number of `column` in `rel`'s tuple descriptor, which must
+/// have type `typ` (the equality functions and conversions here assume it).
+unsafe fn attnum(rel: pg_sys::Relation, column: &CStr, typ: pg_sys::PgBuiltInOids) -> i16 {
     let desc = (*rel).rd_att;
     let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
     for (i, a) in attrs.iter().enumerate() {
         if !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == column {
+            if a.atttypid != typ.value() {
+                broken(&format!("column {} has another type", column.to_string_lossy()));
+            }
             return i as i16 + 1;
         }
     }
@@ -160,10 +171,11 @@ pub struct Row {
 }
 
 impl Row {
-    /// The value of `column`, copied out of the buffer (so it outlives the row).
-    pub fn get<T: FromDatum>(&self, column: &CStr) -> Option<T> {
+    /// The value of `column`, of SQL type `typ`, copied out of the buffer
+    /// (so it outlives the row).
+    pub fn get<T: FromDatum>(&self, column: &CStr, typ: pg_sys::PgBuiltInOids) -> Option<T> {
         unsafe {
-            let (d, isnull) = self.datum(column);
+            let (d, isnull) = self.datum(column, typ);
             T::from_datum(d, isnull)
         }
     }
@@ -171,13 +183,13 @@ impl Row {
     /// A bytea column, copied in one go (pgrx's `Vec<u8>` copies byte by byte).
     pub fn bytes(&self, column: &CStr) -> Option<Vec<u8>> {
         unsafe {
-            let (d, isnull) = self.datum(column);
+            let (d, isnull) = self.datum(column, pg_sys::PgBuiltInOids::BYTEAOID);
             <&[u8]>::from_datum(d, isnull).map(<[u8]>::to_vec)
         }
     }
 
-    unsafe fn datum(&self, column: &CStr) -> (Datum, bool) {
-        let n = attnum(self.heap, column);
+    unsafe fn datum(&self, column: &CStr, typ: pg_sys::PgBuiltInOids) -> (Datum, bool) {
+        let n = attnum(self.heap, column, typ);
         let mut isnull = false;
         let d = pg_sys::slot_getattr(self.slot, n as i32, &mut isnull);
         (d, isnull)
@@ -205,7 +217,7 @@ pub fn fetch_one<R>(table: &'static CStr, index: &'static CStr, keys: &[(&CStr, 
         let indkey = (*form).indkey.values.as_slice(keys.len());
         let mut scankeys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());
         for (i, (column, key)) in keys.iter().enumerate() {
-            if indkey[i] != attnum(heap, column) {
+            if indkey[i] != attnum(heap, column, key.type_oid()) {
                 broken(&format!("{} is not on the expected columns", index.to_string_lossy()));
             }
             let mut sk = std::mem::zeroed::<pg_sys::ScanKeyData>();

@@ -189,6 +189,10 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
                     unsafe {
                         pg_sys::SetLatch(latch as *mut pg_sys::Latch);
                         pg_sys::pg_usleep(200);
+                        if pg_sys::InterruptPending != 0 {
+                            // A cancel (or termination) ends the wait: count the entry.
+                            LOG.exclusive().dropped += 1;
+                        }
                     }
                     pg_sys::check_for_interrupts!();
                     continue;
@@ -504,6 +508,14 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), raw) };
+    {
+        // Ours from now on, so release_slot frees it even if we fail below.
+        let mut s = LOG.exclusive();
+        let w = &mut s.workers[slot];
+        if w.db == db.to_u32() && w.pid == 0 && w.state == 1 {
+            w.pid = unsafe { pg_sys::MyProcPid };
+        }
+    }
     // In a transaction: the superuser check reads the catalog.
     BackgroundWorker::transaction(pin_session_settings);
     let mut idle_since = crate::ratelimit::now_us();

@@ -558,6 +558,20 @@ fn the_log_writer_ignores_a_database_role_setting() {
     exec(&mut dba, &format!("ALTER DATABASE {} RESET role", db.name));
 }
 
+/// The direct lookup checks the schema it reads: a column of another type
+/// (an owner's ALTER TABLE) is a clear error, not a misread value or a crash.
+#[test]
+fn a_changed_column_type_fails_loudly() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let mut app = db.app();
+    let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
+    db.dba().batch_execute("ALTER TABLE tenant_guard.api_keys ALTER COLUMN rate_limit_per_minute TYPE bigint").unwrap();
+    let r = db.app().query_one("SELECT tenant_guard.authenticate($1)::text", &[&key]);
+    assert_eq!(sqlstate(&r).as_deref(), Some("55000"), "{}", full_error(&r));
+    assert!(full_error(&r).contains("has another type"), "{}", full_error(&r));
+}
+
 #[test]
 fn import_existing_hashes() {
     let db = cluster().fresh_db();
@@ -762,7 +776,7 @@ fn a_hostile_search_path_cannot_hijack_authenticate() {
          CREATE OPERATOR evil.<= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.le);",
     );
     for path in ["evil, pg_catalog", "pg_temp, evil, pg_catalog, public"] {
-        // A fresh backend, so the lookup plan is prepared under this search_path.
+        // A fresh backend, so nothing is cached from another search_path.
         let mut c = db.app();
         exec(&mut c, &format!("SET search_path = {path}"));
         let r = auth(&mut c, "tgk_this-is-not-a-key");
