@@ -87,6 +87,14 @@ fn lookups_follow_a_recreated_extension_on_the_same_connection() {
     assert_eq!(get(&mut dba, org, "k", "n").unwrap().as_deref(), Some("first"));
     // (a key of a foreign format skips the checksum and is looked up: api_keys' OIDs are cached too)
     assert_eq!(sqlstate(&dba.simple_query("SELECT tenant_guard.authenticate('legacy-key-1')")).as_deref(), Some("28000"));
+    // Let the request-log writer finish with that entry: a DROP EXTENSION
+    // racing a writing writer can deadlock with it (PostgreSQL resolves it by
+    // failing one of them).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log").unwrap() == "0" {
+        assert!(std::time::Instant::now() < deadline, "the attempt was never logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     exec(&mut dba, "DROP EXTENSION tenant_guard CASCADE; CREATE EXTENSION tenant_guard");
     assert_eq!(get(&mut dba, org, "k", "n").unwrap(), None, "a new, empty table");
     let org2 = val(&mut dba, &format!("SELECT tenant_guard.create_organization('again', '{OWNER_A}')")).unwrap();
