@@ -70,18 +70,7 @@ pub fn install(claims: Claims) {
 
 fn set_context_value(value: &str) {
     let v = std::ffi::CString::new(value).expect("token has no NUL");
-    unsafe {
-        pg_sys::set_config_option(
-            gucs::CONTEXT_NAME.as_ptr(),
-            v.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    gucs::set_as_superuser(gucs::CONTEXT_NAME, &v, true);
 }
 
 fn require_known_role(name: Option<&str>) -> u8 {

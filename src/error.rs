@@ -22,16 +22,5 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<&s
 /// literal in it) with this error. Transaction-local, so the abort that
 /// follows restores the setting. Costs nothing on the success path.
 pub fn hide_statement_from_log() {
-    unsafe {
-        pgrx::pg_sys::set_config_option(
-            c"log_min_error_statement".as_ptr(),
-            c"panic".as_ptr(),
-            pgrx::pg_sys::GucContext::PGC_SUSET,
-            pgrx::pg_sys::GucSource::PGC_S_SESSION,
-            pgrx::pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::gucs::set_as_superuser(c"log_min_error_statement", c"panic", true);
 }

@@ -42,6 +42,25 @@ pub static REQUIRE_PROTECTION: GucSetting<RequireProtection> = GucSetting::<Requ
 /// transaction rollback), so cached keys are re-derived on next use.
 static KEY_GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// Set a parameter at superuser level, for this session (`local` false) or
+/// to the end of the transaction: the caller's own rights do not matter, so
+/// only our code decides what is set. Errors are raised.
+pub fn set_as_superuser(name: &CStr, value: &CStr, local: bool) {
+    let action = if local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET };
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+}
+
 pub fn key_generation() -> u64 {
     KEY_GENERATION.load(Ordering::Relaxed)
 }

@@ -438,18 +438,9 @@ fn pin_session_settings() {
         if pg_sys::GetSessionUserId() != pg_sys::GetAuthenticatedUserId() {
             pg_sys::SetSessionAuthorization(pg_sys::GetAuthenticatedUserId(), true);
         }
-        pg_sys::set_config_option(
-            c"role".as_ptr(),
-            c"none".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SET,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
     }
-    let settings: [(&std::ffi::CStr, &std::ffi::CStr); 6] = [
+    let settings: [(&std::ffi::CStr, &std::ffi::CStr); 7] = [
+        (c"role", c"none"),
         (c"search_path", c"pg_catalog, pg_temp"),
         (c"default_transaction_read_only", c"off"),
         (c"default_transaction_isolation", c"read committed"),
@@ -458,18 +449,7 @@ fn pin_session_settings() {
         (c"idle_in_transaction_session_timeout", c"0"),
     ];
     for (name, value) in settings {
-        unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SET,
-                true,
-                pg_sys::PGERROR as i32,
-                false,
-            );
-        }
+        crate::gucs::set_as_superuser(name, value, false);
     }
     if !unsafe { pg_sys::superuser() } {
         pgrx::error!("tenant_guard request log writer: not running as a superuser; database settings for role or session_authorization?");

@@ -21,16 +21,7 @@ fn auth(c: &mut Client, key: &str) -> Result<String, postgres::Error> {
 
 /// Poll the request log (as the superuser) until `pred` holds, or time out.
 fn wait_for_log(db: &Db, sql: &str) -> String {
-    let mut dba = db.dba();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v = val(&mut dba, sql).unwrap_or_default();
-        if v != "0" && !v.is_empty() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "request_log never showed: {sql}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll(&mut db.dba(), sql, 15, "request_log never showed it", |v| v != "0" && !v.is_empty())
 }
 
 #[test]
@@ -407,15 +398,7 @@ fn a_full_queue_makes_callers_wait_instead_of_dropping() {
     assert_eq!(dropped(&mut dba), before, "entries were dropped while the queue was full");
     exec(&mut locker, "COMMIT");
     assert_eq!(burst.join().unwrap(), 6000);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let logged = val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'burst'").unwrap();
-        if logged == "6000" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {logged} of 6000 entries logged");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'burst'", 30, "not all 6000 entries logged", |v| v == "6000");
     assert_eq!(dropped(&mut dba), before, "nothing dropped");
     let last_used = val(&mut dba, &format!("SELECT last_used_at IS NOT NULL FROM tenant_guard.api_keys WHERE id = '{id}'"));
     assert_eq!(last_used.as_deref(), Some("t"));
@@ -439,14 +422,10 @@ fn a_failing_writer_is_replaced_and_its_loss_counted() {
     );
     auth(&mut app, &key).unwrap();
     wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'");
-    let dropped = |c: &mut Client| val(c, "SELECT dropped FROM tenant_guard.request_log_queue()").unwrap().parse::<i64>().unwrap();
-    let before = dropped(&mut dba);
+    let dropped_sql = "SELECT dropped FROM tenant_guard.request_log_queue()";
+    let before = val(&mut dba, dropped_sql).unwrap();
     app.query_one("SELECT tenant_guard.authenticate($1, 'boom')::text", &[&key]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while dropped(&mut dba) == before {
-        assert!(Instant::now() < deadline, "the failed batch was never counted as dropped");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(&mut dba, dropped_sql, 15, "the failed batch was never counted as dropped", |v| v != before);
     // Logging goes on at once, with a new writer (no 5 s wait for a stale slot).
     let t = Instant::now();
     app.query_one("SELECT tenant_guard.authenticate($1, 'after')::text", &[&key]).unwrap();
@@ -550,11 +529,8 @@ fn the_log_writer_ignores_a_database_role_setting() {
     // dba's own connections to this database now start as app too.
     let mut dba = db.dba();
     exec(&mut dba, "SET ROLE NONE");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'").unwrap() == "0" {
-        assert!(Instant::now() < deadline, "the writer did not log under ALTER DATABASE ... SET role");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let sql = "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'";
+    poll(&mut dba, sql, 15, "the writer did not log under ALTER DATABASE ... SET role", |v| v != "0");
     exec(&mut dba, &format!("ALTER DATABASE {} RESET role", db.name));
 }
 

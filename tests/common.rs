@@ -44,6 +44,20 @@ pub fn val(c: &mut Client, sql: &str) -> Option<String> {
     out.flatten()
 }
 
+/// Run `sql` every 50 ms until `done` holds for its value (or fail after
+/// `secs` seconds, saying `what` and the last value); returns that value.
+pub fn poll(c: &mut Client, sql: &str, secs: u64, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v = val(c, sql).unwrap_or_default();
+        if done(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} (last: {v:?}; {sql})");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn rows(c: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
     let msgs = c.simple_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     msgs.into_iter()

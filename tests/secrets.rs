@@ -90,11 +90,7 @@ fn lookups_follow_a_recreated_extension_on_the_same_connection() {
     // Let the request-log writer finish with that entry: a DROP EXTENSION
     // racing a writing writer can deadlock with it (PostgreSQL resolves it by
     // failing one of them).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log").unwrap() == "0" {
-        assert!(std::time::Instant::now() < deadline, "the attempt was never logged");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    poll(&mut dba, "SELECT count(*) FROM tenant_guard.request_log", 15, "the attempt was never logged", |v| v != "0");
     exec(&mut dba, "DROP EXTENSION tenant_guard CASCADE; CREATE EXTENSION tenant_guard");
     assert_eq!(get(&mut dba, org, "k", "n").unwrap(), None, "a new, empty table");
     let org2 = val(&mut dba, &format!("SELECT tenant_guard.create_organization('again', '{OWNER_A}')")).unwrap();
