@@ -1,21 +1,15 @@
 //! tenant_guard: a multi-tenant SaaS security model inside PostgreSQL.
 //!
-//! Pure logic (no pgrx): `keys`, `token`, `jwt`, `roles`.
-//! PostgreSQL layer: `gucs` (every setting), `keyring`, `context`, `error`.
+//! Pure logic lives in the `tenant_guard_core` crate (no pgrx), re-exported
+//! here under the same module names. PostgreSQL layer: `gucs` (every
+//! setting), `keyring`, `context`, `error`.
 
 use pgrx::prelude::*;
 
-pub mod apikey;
-pub mod envelope;
-pub mod gcra;
-pub mod jwt;
-pub mod keys;
-pub mod redact;
-pub mod roles;
-pub mod token;
-pub mod webhook;
+pub use tenant_guard_core::{apikey, echo, envelope, gcra, jwt, keys, redact, roles, token, url_policy, webhook};
 
 mod apikeys;
+mod clock;
 mod context;
 mod error;
 mod guard;
@@ -47,6 +41,13 @@ pub extern "C-unwind" fn _PG_init() {
             Some("Add shared_preload_libraries = 'tenant_guard' to postgresql.conf (append to any existing list) and restart the server."),
         );
     }
+    // pgrx attaches a Rust backtrace (with the build machine's source paths)
+    // to the DETAIL of every error raised through Rust code whenever the
+    // server runs with RUST_BACKTRACE set. Clients must never see one:
+    // switch library backtraces off for the postmaster and, by
+    // inheritance, every backend.
+    // (The postmaster is single-threaded while it loads libraries.)
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
     ratelimit::init();
     reqlog::init();

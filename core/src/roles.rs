@@ -2,7 +2,12 @@
 //! The `tenant_guard.roles` table holds the same names and ranks for SQL
 //! users (a test checks that the two agree).
 
-pub const ROLES: [(&str, u8); 4] = [("viewer", 10), ("member", 20), ("admin", 30), ("owner", 40)];
+pub const VIEWER: u8 = 10;
+pub const MEMBER: u8 = 20;
+pub const ADMIN: u8 = 30;
+pub const OWNER: u8 = 40;
+
+pub const ROLES: [(&str, u8); 4] = [("viewer", VIEWER), ("member", MEMBER), ("admin", ADMIN), ("owner", OWNER)];
 
 /// Rank of a role name, `None` when the name is not a role.
 pub fn rank(name: &str) -> Option<u8> {

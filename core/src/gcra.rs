@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn redis_cell_table() {
-        let v: Value = serde_json::from_str(include_str!("../tests/vectors/known_answers.json")).unwrap();
+        let v: Value = serde_json::from_str(include_str!("../../tests/vectors/known_answers.json")).unwrap();
         let g = &v["gcra_redis_cell"];
         let burst = g["params"]["max_burst"].as_i64().unwrap();
         let rate = Rate::new(1, 1_000_000, burst).unwrap();

@@ -151,7 +151,7 @@ mod tests {
     use serde_json::Value;
 
     fn vectors() -> Value {
-        serde_json::from_str(include_str!("../tests/vectors/known_answers.json")).unwrap()
+        serde_json::from_str(include_str!("../../tests/vectors/known_answers.json")).unwrap()
     }
 
     fn unhex(s: &str) -> Vec<u8> {

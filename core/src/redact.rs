@@ -112,6 +112,92 @@ pub fn parameters(text: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The settings whose values are secret.
+pub const SECRET_SETTINGS: [&[u8]; 3] = [b"tenant_guard.passphrase", b"tenant_guard.old_passphrases", b"tenant_guard.jwt_secret"];
+
+fn find_ci(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    (from..=haystack.len() - needle.len()).find(|&i| haystack[i..i + needle.len()].eq_ignore_ascii_case(needle))
+}
+
+/// Whether `text` names one of the secret settings.
+pub fn mentions_secret_setting(text: &[u8]) -> bool {
+    SECRET_SETTINGS.iter().any(|n| contains_ci(text, n))
+}
+
+/// Values of secret settings as PostgreSQL's messages and statements give
+/// them: wherever a secret setting's name is followed (after an optional
+/// closing quote and white space) by `=`, `:`, `TO` or `changed to`, the
+/// rest of the field is replaced. Covers the postmaster's `parameter "..."
+/// changed to "..."` on reload, `invalid value for parameter "...": "..."`,
+/// and `SET`/`ALTER SYSTEM`/`ALTER ROLE ... SET` statements as
+/// log_statement prints them. Also the token a configuration-file syntax
+/// error quotes (`near token "..."`), which may be part of any value.
+pub fn setting_values(text: &[u8]) -> Option<Vec<u8>> {
+    let mut cut: Option<usize> = None;
+    for name in SECRET_SETTINGS {
+        let mut from = 0;
+        while let Some(at) = find_ci(text, name, from) {
+            let mut i = at + name.len();
+            from = i;
+            if matches!(text.get(i), Some(b'"' | b'\'')) {
+                i += 1;
+            }
+            i += run(text, i, |b| b.is_ascii_whitespace());
+            let rest = &text[i..];
+            let op = if rest.starts_with(b"=") || rest.starts_with(b":") {
+                Some(1)
+            } else if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(b"to") && !rest.get(2).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+                Some(2)
+            } else if rest.len() >= 10 && rest[..10].eq_ignore_ascii_case(b"changed to") {
+                Some(10)
+            } else {
+                None
+            };
+            if let Some(n) = op {
+                let start = i + n;
+                cut = Some(cut.map_or(start, |c| c.min(start)));
+            }
+        }
+    }
+    if let Some(t) = find_ci(text, b"near token \"", 0) {
+        let start = t + b"near token \"".len();
+        cut = Some(cut.map_or(start, |c| c.min(start)));
+    }
+    let start = cut?;
+    if start >= text.len() {
+        return None;
+    }
+    let mut out = text[..start].to_vec();
+    out.extend_from_slice(&mark(text.len() - start));
+    Some(out)
+}
+
+/// Replace every occurrence of each of `values` (the secret settings'
+/// current values; shorter than 8 bytes are ignored) by asterisks.
+pub fn known_values(text: &[u8], values: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for v in values.iter().filter(|v| v.len() >= 8) {
+        let cur = out.as_deref().unwrap_or(text);
+        if let Some(first) = cur.windows(v.len()).position(|w| w == *v) {
+            let mut buf = cur.to_vec();
+            let mut i = first;
+            while i + v.len() <= buf.len() {
+                if &buf[i..i + v.len()] == *v {
+                    buf[i..i + v.len()].fill(b'*');
+                    i += v.len();
+                } else {
+                    i += 1;
+                }
+            }
+            out = Some(buf);
+        }
+    }
+    out
+}
+
 /// Case-insensitive ASCII search, without allocating.
 pub fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
@@ -181,5 +267,35 @@ mod tests {
         assert_eq!(&r[r.len() - 2..], &[b' ', 0xfc]);
         assert!(!r.windows(10).any(|w| w == &key.as_bytes()[20..30]));
         assert!(contains_ci(b"select TENANT_GUARD.x", b"tenant_guard"));
+    }
+    #[test]
+    fn secret_setting_values_are_cut() {
+        let cases: [(&str, &str); 7] = [
+            ("parameter \"tenant_guard.passphrase\" changed to \"hunter2hunter2\"", "parameter \"tenant_guard.passphrase\" changed to"),
+            ("statement: ALTER SYSTEM SET tenant_guard.jwt_secret = 'abcdefgh'", "statement: ALTER SYSTEM SET tenant_guard.jwt_secret ="),
+            ("statement: set TENANT_GUARD.PASSPHRASE to abcdefgh", "statement: set TENANT_GUARD.PASSPHRASE to"),
+            ("invalid value for parameter \"tenant_guard.old_passphrases\": \"x\"", "invalid value for parameter \"tenant_guard.old_passphrases\":"),
+            ("syntax error in file \"/x/s.conf\" line 1, near token \"abcdef\"", "syntax error in file \"/x/s.conf\" line 1, near token \""),
+            ("ALTER ROLE app SET tenant_guard.passphrase='v'", "ALTER ROLE app SET tenant_guard.passphrase="),
+            ("SET tenant_guard.passphrase\n  =\n 'v'", "SET tenant_guard.passphrase\n  ="),
+        ];
+        for (input, kept) in cases {
+            let out = s(setting_values(input.as_bytes()));
+            assert!(out.starts_with(kept), "{input} -> {out}");
+            assert!(out.len() <= input.len());
+            assert!(!out[kept.len()..].chars().any(|c| c.is_ascii_alphanumeric() && c != 'r' && c != 'e' && c != 'd' && c != 'a' && c != 'c' && c != 't'), "{out}");
+        }
+        // Our own messages about the settings keep their text.
+        for msg in ["tenant_guard.passphrase is not set", "tenant_guard.passphrase is too short (minimum 32 bytes)", "tenant_guard.jwt_secret total"] {
+            assert_eq!(setting_values(msg.as_bytes()), None, "{msg}");
+        }
+    }
+
+    #[test]
+    fn known_values_are_masked_everywhere() {
+        let out = s(known_values(b"a SECRETVALUE1 b SECRETVALUE1 c OTHERSECRET", &[b"SECRETVALUE1", b"OTHERSECRET", b"short"]));
+        assert_eq!(out, "a ************ b ************ c ***********");
+        assert_eq!(known_values(b"nothing here", &[b"SECRETVALUE1"]), None);
+        assert_eq!(known_values(b"short short", &[b"short"]), None, "short values are ignored");
     }
 }
