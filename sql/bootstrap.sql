@@ -53,6 +53,7 @@ CREATE TABLE tenant_guard.api_keys (
     rotated_to uuid REFERENCES tenant_guard.api_keys (id) ON DELETE SET NULL
 );
 CREATE INDEX api_keys_org_idx ON tenant_guard.api_keys (org_id);
+CREATE INDEX api_keys_created_by_idx ON tenant_guard.api_keys (org_id, created_by);
 
 -- Every authenticate() outcome; written by the request-log worker, never the key.
 CREATE TABLE tenant_guard.request_log (
@@ -90,6 +91,9 @@ CREATE TABLE tenant_guard.webhook_endpoints (
     events text[] NOT NULL DEFAULT '{*}',
     active boolean NOT NULL DEFAULT true,
     previous_secret_until timestamptz,
+    -- Who made it: an endpoint stops when its creator is no longer an admin
+    -- of the org (see _membership_changed in finalize.sql).
+    created_by uuid,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX webhook_endpoints_org_idx ON tenant_guard.webhook_endpoints (org_id);
@@ -113,6 +117,8 @@ CREATE TABLE tenant_guard.webhook_outbox (
     delivered_at timestamptz
 );
 CREATE INDEX webhook_outbox_due_idx ON tenant_guard.webhook_outbox (next_attempt_at) WHERE status IN ('pending', 'in_flight');
+-- Fair claims walk the orgs with queued work, then each org's oldest.
+CREATE INDEX webhook_outbox_org_due_idx ON tenant_guard.webhook_outbox (org_id, next_attempt_at) WHERE status IN ('pending', 'in_flight');
 CREATE INDEX webhook_outbox_org_idx ON tenant_guard.webhook_outbox (org_id, created_at);
 
 -- Replay protection for inbound webhooks (opt-in through webhook_verify_once()).

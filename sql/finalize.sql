@@ -127,40 +127,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     org uuid := tenant_guard.current_org_id();
-    host text;
-    addr inet;
+    canonical text;
 BEGIN
     PERFORM tenant_guard.require_role('admin');
-    IF url IS NULL OR url !~ '^https://[^/@\s]+(/\S*)?$' THEN
-        RAISE EXCEPTION 'url must be an https:// URL' USING ERRCODE = '22023';
+    -- Parsed as HTTP clients parse it, judged and stored in canonical form
+    -- (url_policy.rs); the delivery worker must still check the addresses
+    -- a name resolves to: a public name can point inside.
+    canonical := tenant_guard._webhook_url(url);
+    IF events IS NULL OR cardinality(events) = 0 OR cardinality(events) > 100 OR array_position(events, NULL) IS NOT NULL
+       OR EXISTS (SELECT 1 FROM unnest(events) e WHERE length(e) NOT BETWEEN 1 AND 200) THEN
+        RAISE EXCEPTION 'events must be a list of 1 to 100 names of 1 to 200 characters (''*'' for all)' USING ERRCODE = '22023';
     END IF;
-    -- Obvious internal targets (the delivery worker must still check the
-    -- addresses a name resolves to: a public name can point inside).
-    host := lower(substring(url FROM '^https://([^/:?#]+|\[[^]]+\])'));
-    IF host ~ '^(localhost|.*\.localhost|.*\.internal|.*\.local)$' THEN
-        RAISE EXCEPTION 'url must not point at a loopback, private or link-local address' USING ERRCODE = '22023';
-    END IF;
-    IF host ~ '^\[.*\]$' OR host ~ '^[0-9a-fx.]+$' THEN
-        -- A literal address: only a canonical public one (no 0x7f.1, 2130706433, 0177.0.0.1 tricks).
-        BEGIN
-            addr := btrim(host, '[]')::inet;
-        EXCEPTION WHEN others THEN
-            RAISE EXCEPTION 'url has an address that is not a canonical IP address' USING ERRCODE = '22023';
-        END;
-        IF host !~ '^\[' AND host(addr) <> host THEN
-            RAISE EXCEPTION 'url has an address that is not a canonical IP address' USING ERRCODE = '22023';
-        END IF;
-        IF addr <<= ANY (ARRAY['0.0.0.0/8', '10.0.0.0/8', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16', '172.16.0.0/12',
-                               '192.0.0.0/24', '192.168.0.0/16', '198.18.0.0/15', '224.0.0.0/3', '::/128', '::1/128',
-                               '::ffff:0:0/96', 'fc00::/7', 'fe80::/10', 'ff00::/8']::inet[]) THEN
-            RAISE EXCEPTION 'url must not point at a loopback, private or link-local address' USING ERRCODE = '22023';
-        END IF;
-    END IF;
-    IF events IS NULL OR cardinality(events) = 0 OR array_position(events, NULL) IS NOT NULL THEN
-        RAISE EXCEPTION 'events must be a non-empty list (''*'' for all)' USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO tenant_guard.webhook_endpoints (org_id, url, events)
-    VALUES (org, create_webhook_endpoint.url, create_webhook_endpoint.events)
+    INSERT INTO tenant_guard.webhook_endpoints (org_id, url, events, created_by)
+    VALUES (org, canonical, create_webhook_endpoint.events, tenant_guard.current_user_id())
     RETURNING id INTO endpoint_id;
     secret := tenant_guard._webhook_new_secret(org, endpoint_id, 'current');
     RETURN NEXT;
@@ -199,7 +178,7 @@ AS $$
 DECLARE
     org uuid := tenant_guard.current_org_id();
     e record;
-    body text := payload::text;
+    body text;
     ts bigint := extract(epoch FROM clock_timestamp())::bigint;
     mid text;
     n integer := 0;
@@ -208,9 +187,19 @@ BEGIN
     IF event IS NULL OR event = '' OR payload IS NULL THEN
         RAISE EXCEPTION 'event and payload are required' USING ERRCODE = '22004';
     END IF;
+    IF length(event) > 200 THEN
+        RAISE EXCEPTION 'event must be at most 200 characters' USING ERRCODE = '22023';
+    END IF;
+    body := payload::text;
+    IF octet_length(body) > tenant_guard._outbox_max_payload() THEN
+        RAISE EXCEPTION 'a webhook payload may be at most % bytes', tenant_guard._outbox_max_payload() USING ERRCODE = '54000';
+    END IF;
     FOR e IN SELECT * FROM tenant_guard.webhook_endpoints w
               WHERE w.org_id = org AND w.active AND (enqueue_webhook.event = ANY (w.events) OR '*' = ANY (w.events))
     LOOP
+        -- Each org's deliveries are rate-limited (raises 53400), so no org can
+        -- bury the shared outbox.
+        PERFORM tenant_guard._outbox_admit(org, 1);
         mid := tenant_guard._webhook_msg_id();
         INSERT INTO tenant_guard.webhook_outbox (org_id, endpoint_id, event, msg_id, ts, payload, headers)
         VALUES (org, e.id, enqueue_webhook.event, mid, ts, body,
@@ -226,31 +215,59 @@ $$;
 
 -- For the application's delivery worker (service role): up to n due deliveries,
 -- each handed to exactly one caller (SKIP LOCKED), leased for 5 minutes.
+-- Fair across orgs: each org's oldest due delivery comes before any org's
+-- second, and so on, so one org's flood cannot push the others back.
+-- Deliveries of endpoints that are no longer active are not handed out.
 CREATE FUNCTION tenant_guard.claim_webhook_deliveries(n integer DEFAULT 10)
 RETURNS TABLE (delivery_id uuid, org_id uuid, url text, headers jsonb, payload text, attempts integer)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF n IS NULL OR n < 1 THEN
-        RAISE EXCEPTION 'n must be positive' USING ERRCODE = '22023';
+    IF n IS NULL OR n < 1 OR n > 1000 THEN
+        RAISE EXCEPTION 'n must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;
     RETURN QUERY
-    WITH due AS (
-        SELECT o.id FROM tenant_guard.webhook_outbox o
-         WHERE (o.status = 'pending' AND o.next_attempt_at <= now())
-            OR (o.status = 'in_flight' AND o.locked_until < now())
-         ORDER BY o.next_attempt_at
+    WITH RECURSIVE orgs AS (
+        -- The orgs with work queued, one index probe each (a loose index scan).
+        (SELECT o.org_id AS org FROM tenant_guard.webhook_outbox o
+          WHERE o.status IN ('pending', 'in_flight') ORDER BY o.org_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT o.org_id FROM tenant_guard.webhook_outbox o
+                 WHERE o.status IN ('pending', 'in_flight') AND o.org_id > orgs.org ORDER BY o.org_id LIMIT 1)
+          FROM orgs WHERE orgs.org IS NOT NULL
+    ), candidates AS (
+        SELECT c.id, c.rank, c.next_attempt_at
+          FROM orgs, LATERAL (
+              SELECT o.id, o.next_attempt_at, row_number() OVER (ORDER BY o.next_attempt_at) AS rank
+                FROM tenant_guard.webhook_outbox o
+               WHERE o.org_id = orgs.org
+                 AND ((o.status = 'pending' AND o.next_attempt_at <= now())
+                      OR (o.status = 'in_flight' AND o.locked_until < now()))
+               ORDER BY o.next_attempt_at
+               LIMIT n) c
+         WHERE orgs.org IS NOT NULL
+    ), due AS (
+        SELECT o.id, c.rank, c.next_attempt_at
+          FROM tenant_guard.webhook_outbox o
+          JOIN candidates c ON c.id = o.id
+          JOIN tenant_guard.webhook_endpoints e ON e.id = o.endpoint_id AND e.active
+         -- Repeated here, on the locked row: a row another worker claimed
+         -- since this statement's snapshot is re-checked against it.
+         WHERE ((o.status = 'pending' AND o.next_attempt_at <= now())
+                OR (o.status = 'in_flight' AND o.locked_until < now()))
+         ORDER BY c.rank, c.next_attempt_at
          LIMIT n
-         FOR UPDATE SKIP LOCKED
+         FOR UPDATE OF o SKIP LOCKED
     ), claimed AS (
         UPDATE tenant_guard.webhook_outbox o
            SET status = 'in_flight', attempts = o.attempts + 1, locked_until = now() + interval '5 minutes'
           FROM due WHERE o.id = due.id
-        RETURNING o.id, o.org_id, o.endpoint_id, o.headers, o.payload, o.attempts
+        RETURNING o.id, o.org_id, o.endpoint_id, o.headers, o.payload, o.attempts, due.rank, due.next_attempt_at
     )
     SELECT c.id, c.org_id, e.url, c.headers, c.payload, c.attempts
-      FROM claimed c JOIN tenant_guard.webhook_endpoints e ON e.id = c.endpoint_id;
+      FROM claimed c JOIN tenant_guard.webhook_endpoints e ON e.id = c.endpoint_id
+     ORDER BY c.rank, c.next_attempt_at;
 END
 $$;
 
@@ -357,7 +374,7 @@ BEGIN
     PERFORM 1 FROM tenant_guard.memberships m WHERE m.org_id = org AND (m.role = 'owner' OR m.user_id IN (me, target)) FOR UPDATE;
     SELECT r.rank INTO my_rank FROM tenant_guard.memberships m JOIN tenant_guard.roles r ON r.name = m.role
      WHERE m.org_id = org AND m.user_id = me;
-    IF my_rank IS NULL OR my_rank < 30 THEN
+    IF my_rank IS NULL OR my_rank < (SELECT r.rank FROM tenant_guard.roles r WHERE r.name = 'admin') THEN
         RAISE EXCEPTION 'managing members needs role admin or higher (per the membership table)' USING ERRCODE = '42501';
     END IF;
     SELECT r.rank INTO target_rank FROM tenant_guard.memberships m JOIN tenant_guard.roles r ON r.name = m.role
@@ -368,7 +385,7 @@ BEGIN
     IF new_role IS NOT NULL THEN
         SELECT r.rank INTO wanted_rank FROM tenant_guard.roles r WHERE r.name = new_role;
         IF wanted_rank IS NULL THEN
-            RAISE EXCEPTION 'unknown role "%"', new_role USING ERRCODE = '22023',
+            RAISE EXCEPTION 'unknown role' USING ERRCODE = '22023',
                 HINT = 'Roles are owner, admin, member and viewer.';
         END IF;
         IF wanted_rank > my_rank THEN
@@ -438,7 +455,54 @@ BEGIN
 END
 $$;
 
+-- Rights that hang on a member: when a member is removed or demoted,
+-- API keys they made with a role above what they now hold are revoked, and
+-- webhook endpoints they made stop once they are no longer an admin.
+-- (authenticate() also checks a key's creator as committed now, which
+-- covers a key created concurrently with the change.) A trigger, so direct
+-- writes to memberships by a superuser count too.
+CREATE FUNCTION tenant_guard._membership_changed()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_rank int;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.org_id = OLD.org_id AND NEW.user_id = OLD.user_id THEN
+        SELECT r.rank INTO new_rank FROM tenant_guard.roles r WHERE r.name = NEW.role;
+    END IF;
+    UPDATE tenant_guard.api_keys k SET revoked_at = now()
+     WHERE k.org_id = OLD.org_id AND k.created_by = OLD.user_id AND k.revoked_at IS NULL
+       AND (new_rank IS NULL OR (SELECT r.rank FROM tenant_guard.roles r WHERE r.name = k.role) > new_rank);
+    UPDATE tenant_guard.webhook_endpoints w SET active = false
+     WHERE w.org_id = OLD.org_id AND w.created_by = OLD.user_id AND w.active
+       AND (new_rank IS NULL OR new_rank < (SELECT r.rank FROM tenant_guard.roles r WHERE r.name = 'admin'));
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tenant_guard_membership_changed AFTER UPDATE OR DELETE ON tenant_guard.memberships
+    FOR EACH ROW EXECUTE FUNCTION tenant_guard._membership_changed();
+
 ---------------------------------------------------------------- policy templates
+-- The one rule for "an org column": a column of type uuid, or of a domain
+-- over uuid (at any depth). protect() and the protection guard both ask it.
+CREATE FUNCTION tenant_guard._is_uuid_column(tbl oid, col name)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE t(typ, base) AS (
+        SELECT a.atttypid, ty.typbasetype
+          FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+         WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT ty.oid, ty.typbasetype FROM t JOIN pg_type ty ON ty.oid = t.base WHERE t.base <> 0
+    )
+    SELECT EXISTS (SELECT 1 FROM t WHERE t.typ = 'uuid'::regtype)
+$$;
+
 CREATE FUNCTION tenant_guard._org_column_check(tbl regclass, col name)
 RETURNS void
 LANGUAGE plpgsql STABLE
@@ -455,7 +519,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'column % does not exist in table %', quote_ident(col), tbl USING ERRCODE = '42703';
     END IF;
-    IF typ <> 'uuid'::regtype THEN
+    IF NOT tenant_guard._is_uuid_column(tbl, col) THEN
         RAISE EXCEPTION 'column % of table % must be of type uuid, not %', quote_ident(col), tbl, typ::regtype
             USING ERRCODE = '42804';
     END IF;
@@ -482,7 +546,7 @@ BEGIN
     PERFORM tenant_guard._org_column_check(tbl, org_column);
     FOREACH rl IN ARRAY ARRAY[read_role, write_role, delete_role] LOOP
         IF rl IS NULL OR NOT EXISTS (SELECT 1 FROM tenant_guard.roles WHERE name = rl) THEN
-            RAISE EXCEPTION 'unknown role "%"', rl USING ERRCODE = '22023',
+            RAISE EXCEPTION 'unknown role' USING ERRCODE = '22023',
                 HINT = 'Roles are owner, admin, member and viewer.';
         END IF;
     END LOOP;
@@ -583,17 +647,25 @@ DECLARE
 BEGIN
     -- An AFTER trigger: it judges the row as finally written, whatever other
     -- (BEFORE) triggers did to it.
-    IF TG_OP = 'INSERT' AND requester IS DISTINCT FROM me THEN
+    IF TG_OP = 'INSERT' AND (me IS NULL OR requester IS DISTINCT FROM me) THEN
         -- Requests are filed by a signed-in user in their own name (else: file
-        -- one in a colleague's name, perhaps from an API key, then approve it).
+        -- one in a colleague's name, or with no requester at all, perhaps from
+        -- an API key, then approve it).
         RAISE EXCEPTION 'a request can only be filed by a signed-in user in their own name' USING ERRCODE = '42501';
     END IF;
     IF TG_OP = 'UPDATE' THEN
         IF requester IS DISTINCT FROM old_row ->> TG_ARGV[0] THEN
             RAISE EXCEPTION 'the requester of a request cannot be changed' USING ERRCODE = '42501';
         END IF;
-        IF old_row ->> TG_ARGV[1] IS NOT NULL AND me IS NOT DISTINCT FROM requester AND new_row IS DISTINCT FROM old_row THEN
-            RAISE EXCEPTION 'the requester cannot change a request once it is approved' USING ERRCODE = '42501';
+        -- An approval covers only the content its approver saw: once a row is
+        -- approved, its content changes only together with clearing the
+        -- approval (approver set to NULL, to be approved again), or by the
+        -- approver themselves, who sees what they write.
+        IF old_row ->> TG_ARGV[1] IS NOT NULL AND approver IS NOT NULL
+           AND (new_row - TG_ARGV[1]) IS DISTINCT FROM (old_row - TG_ARGV[1])
+           AND (me IS NULL OR me IS DISTINCT FROM approver) THEN
+            RAISE EXCEPTION 'an approved request cannot be changed; clear the approval in the same update to change it'
+                USING ERRCODE = '42501';
         END IF;
     END IF;
     -- Setting or changing the approver: only a signed-in user, naming
@@ -646,17 +718,37 @@ BEGIN
     IF current_setting('tenant_guard.require_protection') = 'off' THEN
         RETURN;
     END IF;
-    FOR c IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
-        IF EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.objid AND a.attname = 'org_id'
-                     AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) THEN
-            PERFORM tenant_guard._note_unprotected_table(c.objid);
-        END IF;
+    -- Every relation a command touched, including the subcommands of CREATE
+    -- SCHEMA; the tables of a composite type it altered (ALTER TYPE ...
+    -- CASCADE); and everything inheriting from any of them (ALTER TABLE ...
+    -- ADD COLUMN reaches children; ATTACH PARTITION names the parent). The
+    -- commit-time check (guard.rs) decides which are org tables without RLS.
+    FOR c IN
+        WITH RECURSIVE cmd AS (
+            SELECT d.classid, d.objid FROM pg_event_trigger_ddl_commands() d
+        ), touched(relid) AS (
+            SELECT base.relid FROM (
+                SELECT cmd.objid AS relid FROM cmd WHERE cmd.classid = 'pg_class'::regclass
+                UNION
+                SELECT t.oid FROM cmd JOIN pg_class ct ON ct.oid = cmd.objid AND cmd.classid = 'pg_class'::regclass
+                                      JOIN pg_class t ON t.reloftype = ct.reltype AND ct.relkind = 'c'
+                UNION
+                SELECT t.oid FROM cmd JOIN pg_class t ON t.reloftype = cmd.objid AND cmd.classid = 'pg_type'::regclass
+            ) base
+            UNION
+            SELECT i.inhrelid FROM pg_inherits i JOIN touched ON i.inhparent = touched.relid
+        )
+        SELECT DISTINCT relid FROM touched
+    LOOP
+        PERFORM tenant_guard._note_unprotected_table(c.relid);
     END LOOP;
 END
 $$;
 
+-- Every DDL command: a table with an org column can appear through many
+-- (CREATE TABLE, CREATE SCHEMA ... CREATE TABLE, CREATE TABLE AS, SELECT
+-- INTO, ALTER TABLE, ALTER TYPE ... CASCADE, ...).
 CREATE EVENT TRIGGER tenant_guard_require_protection ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION tenant_guard._guard_new_tables();
 
 ---------------------------------------------------------------- backups
@@ -690,7 +782,7 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.add_member(uuid, text), tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid),
     tenant_guard.protect(regclass, name, text, text, text), tenant_guard.unprotect(regclass),
     tenant_guard.forbid_self_approval(regclass, name, name), tenant_guard._forbid_self_approval(),
-    tenant_guard._org_column_check(regclass, name),
+    tenant_guard._org_column_check(regclass, name), tenant_guard._is_uuid_column(oid, name),
     tenant_guard.authenticate(text, text, inet), tenant_guard.create_api_key(text, text, text[], interval, int),
     tenant_guard.rotate_api_key(uuid, interval), tenant_guard.revoke_api_key(uuid),
     tenant_guard.rate_limit(text, int, interval, int), tenant_guard._rate_limit(text, int, bigint, int),
@@ -704,7 +796,7 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.create_webhook_endpoint(text, text[]), tenant_guard.rotate_webhook_secret(uuid, interval),
     tenant_guard.enqueue_webhook(text, jsonb)
 TO PUBLIC;
-GRANT SELECT (id, org_id, url, events, active, previous_secret_until, created_at)
+GRANT SELECT (id, org_id, url, events, active, previous_secret_until, created_by, created_at)
     ON tenant_guard.webhook_endpoints TO PUBLIC;
 GRANT SELECT ON tenant_guard.webhook_outbox TO PUBLIC;      -- rows filtered by RLS (admins, own org)
 

@@ -4,6 +4,7 @@
 
 use crate::apikey::{self, Shape};
 use crate::context::{self, current_binding};
+use crate::echo::echo;
 use crate::error::raise;
 use crate::probe;
 use crate::gcra::Rate;
@@ -32,6 +33,24 @@ struct KeyRow {
     rpm: i32,
     revoked: bool,
     expired: bool,
+    created_by: Option<Uuid>,
+}
+
+/// A key made by a user stands only while that user is still a member
+/// ranking at least the key's role, as committed now (remove_member and
+/// set_member_role also revoke such keys; this check closes the race with
+/// a key created concurrently, and direct writes to memberships).
+fn creator_vouches(row: &KeyRow) -> bool {
+    let Some(creator) = row.created_by else { return true };
+    let need = roles::rank(&row.role).unwrap_or(u8::MAX);
+    context::membership_role(*row.org.as_bytes(), *creator.as_bytes()).and_then(|r| roles::rank(&r)).is_some_and(|have| have >= need)
+}
+
+/// The rank an API-key context holds now: its key's role while the key is
+/// neither revoked nor expired and its creator still vouches for it.
+pub fn rank_now(key_id: [u8; 16]) -> Option<u8> {
+    let row = lookup_by(c"api_keys_pkey", &[(c"id", probe::Key::Uuid(Uuid::from_bytes(key_id)))])?;
+    (!row.revoked && !row.expired && creator_vouches(&row)).then(|| roles::rank(&row.role)).flatten()
 }
 
 /// The row of `key_hash`, by a direct probe of the unique index (probe.rs).
@@ -41,10 +60,14 @@ struct KeyRow {
 /// transaction's start, so neither a long transaction nor a DO/CALL loop that
 /// commits inside one statement can outlive a key.
 fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    lookup_by(c"api_keys_key_hash_key", &[(c"key_hash", probe::Key::Bytea(hash))])
+}
+
+fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, probe::Key)]) -> Option<KeyRow> {
+    let now = crate::clock::now_us();
     let past = |t: Option<i64>| t.is_some_and(|t| t <= now);
     use pg_sys::PgBuiltInOids as T;
-    probe::fetch_one(c"api_keys", c"api_keys_key_hash_key", &[(c"key_hash", probe::Key::Bytea(hash))], |r| {
+    probe::fetch_one(c"api_keys", index, keys, |r| {
         let revoked = r.get::<i64>(c"revoked_at", T::TIMESTAMPTZOID).is_some();
         let expired = past(r.get::<i64>(c"expires_at", T::TIMESTAMPTZOID));
         // Role and scopes (which could be stored out of line, in TOAST) are
@@ -59,6 +82,7 @@ fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
             rpm: r.get(c"rate_limit_per_minute", T::INT4OID).expect("rate"),
             revoked,
             expired,
+            created_by: if usable { r.get(c"created_by", T::UUIDOID) } else { None },
         }
     })
 }
@@ -87,6 +111,9 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
     if row.expired {
         fail(Outcome::Expired, Some(org), Some(id));
     }
+    if !creator_vouches(&row) {
+        fail(Outcome::Revoked, Some(org), Some(id));
+    }
     let rate = Rate::new(row.rpm as i64, 60_000_000, (row.rpm as i64 - 1).max(0)).expect("rate_limit_per_minute > 0");
     let d = ratelimit::throttle(&ratelimit::KEYS, ratelimit::key("apikey", &[&id]), rate, 1);
     if d.limited {
@@ -114,20 +141,24 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
 
 /// Key management needs a *user* context of rank admin or higher: an API
 /// key must not mint keys (broader scopes, longer life, surviving its revocation).
+/// The rank is the one the latest committed membership gives (context::rank_now).
 fn require_admin() -> ([u8; 16], Option<[u8; 16]>, u8) {
-    let ctx = context::with_claims(|c| (c.org_id, c.user_id, roles::rank(&c.role).unwrap_or(0), c.api_key_id.is_some()));
+    let ctx = context::with_claims(|c| (c.org_id, c.user_id, c.api_key_id.is_some()));
     match ctx {
-        Some((_, _, _, true)) => {
+        Some((_, _, true)) => {
             raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "API keys cannot be managed from an API key context", None, None)
         }
-        Some((org, user, rank, false)) if rank >= roles::rank("admin").unwrap() => (org, user, rank),
-        _ => raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing API keys needs role admin or higher", None, None),
+        Some((org, user, false)) => match context::rank_now() {
+            Some(rank) if rank >= roles::ADMIN => (org, user, rank),
+            _ => raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing API keys needs role admin or higher", None, None),
+        },
+        None => raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing API keys needs role admin or higher", None, None),
     }
 }
 
 fn check_role(role: &str, my_rank: u8) {
     match roles::rank(role) {
-        None => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", role.escape_default()), None, None),
+        None => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", echo(role)), None, None),
         Some(r) if r > my_rank => {
             raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "an API key cannot have a role above its creator's", None, None)
         }
@@ -194,12 +225,15 @@ fn validate(name: &str, scopes: &[String], rpm: i32, expires_in: Option<&Interva
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn create_api_key(
-    name: &str,
-    role: default!(&str, "'member'"),
+    name: Option<&str>,
+    role: default!(Option<&str>, "'member'"),
     scopes: default!(Option<Vec<Option<String>>>, "'{}'"),
     expires_in: default!(Option<Interval>, "'90 days'"),
-    rate_limit_per_minute: default!(i32, 600),
+    rate_limit_per_minute: default!(Option<i32>, 600),
 ) -> TableIterator<'static, (name!(key_id, Uuid), name!(api_key, String))> {
+    let (Some(name), Some(role), Some(rate_limit_per_minute)) = (name, role, rate_limit_per_minute) else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "name, role and rate_limit_per_minute must not be NULL", None, None)
+    };
     let (org, user, my_rank) = require_admin();
     check_role(role, my_rank);
     let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
@@ -214,9 +248,12 @@ fn create_api_key(
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate_api_key(
-    key_id: Uuid,
-    grace: default!(Interval, "'24 hours'"),
+    key_id: Option<Uuid>,
+    grace: default!(Option<Interval>, "'24 hours'"),
 ) -> TableIterator<'static, (name!(key_id, Uuid), name!(api_key, String))> {
+    let (Some(key_id), Some(grace)) = (key_id, grace) else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "key_id and grace must not be NULL", None, None)
+    };
     let (org, user, my_rank) = require_admin();
     let grace_us = interval_us(&grace);
     if grace_us < 0 {
@@ -267,20 +304,29 @@ fn rotate_api_key(
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn import_api_key_hash(
-    org_id: Uuid,
-    name: &str,
-    key_hash: &[u8],
-    role: default!(&str, "'member'"),
+    org_id: Option<Uuid>,
+    name: Option<&str>,
+    key_hash: Option<&[u8]>,
+    role: default!(Option<&str>, "'member'"),
     scopes: default!(Option<Vec<Option<String>>>, "'{}'"),
     expires_at: default!(Option<TimestampWithTimeZone>, "NULL"),
-    rate_limit_per_minute: default!(i32, 600),
+    rate_limit_per_minute: default!(Option<i32>, 600),
     display_prefix: default!(Option<&str>, "NULL"),
 ) -> Uuid {
+    let (Some(org_id), Some(name), Some(key_hash), Some(role), Some(rate_limit_per_minute)) = (org_id, name, key_hash, role, rate_limit_per_minute)
+    else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "org_id, name, key_hash, role and rate_limit_per_minute must not be NULL",
+            None,
+            None,
+        )
+    };
     if key_hash.len() != 32 {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "key_hash must be the 32-byte SHA-256 of the key", None, None);
     }
     if roles::rank(role).is_none() {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", role.escape_default()), None, None);
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", echo(role)), None, None);
     }
     let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
     validate(name, &scopes, rate_limit_per_minute, None);

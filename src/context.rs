@@ -5,8 +5,10 @@
 //! Per call a helper reads the setting and compares it with the last token it
 //! verified (a memcmp); the HMAC is checked once per distinct value.
 
+use crate::echo::echo;
 use crate::error::raise;
 use crate::gucs;
+use crate::probe;
 use crate::keyring;
 use crate::keys::Purpose;
 use crate::roles;
@@ -80,7 +82,7 @@ fn require_known_role(name: Option<&str>) -> u8 {
     roles::rank(name).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown role \"{}\"", name.escape_default()),
+            format!("unknown role \"{}\"", echo(name)),
             None,
             Some("Roles are owner, admin, member and viewer."),
         )
@@ -133,15 +135,36 @@ fn has_role(min_role: Option<&str>) -> bool {
     with_claims(|c| has_rank(c, min)).unwrap_or(false)
 }
 
+/// The rank the current context holds *now*: its signed role, lowered to
+/// what the latest committed state gives (the membership for a user, the
+/// key's state for an API key), read past the transaction's snapshot. None
+/// without a context, or when the membership or key is gone.
+pub fn rank_now() -> Option<u8> {
+    let (org, user, key, role) = with_claims(|c| (c.org_id, c.user_id, c.api_key_id, c.role.clone()))?;
+    let signed = roles::rank(&role)?;
+    let now = match (user, key) {
+        (Some(u), _) => roles::rank(&membership_role(org, u)?)?,
+        (None, Some(k)) => crate::apikeys::rank_now(k)?,
+        (None, None) => return None,
+    };
+    Some(signed.min(now))
+}
+
+/// Raise 42501 unless the context's role, as the latest committed state
+/// has it, ranks at least `min_role`. Privileged functions call this: a
+/// member removed or demoted after this transaction authenticated (or
+/// through an old snapshot) loses the right at once. (The RLS helpers
+/// trust the context for the rest of its transaction.)
 #[pg_extern(stable, parallel_safe)]
 fn require_role(min_role: Option<&str>) {
-    if !has_role(min_role) {
+    let min = require_known_role(min_role);
+    if rank_now().is_none_or(|r| r < min) {
         let have = with_claims(|c| c.role.clone());
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("this action needs role {} or higher", min_role.unwrap_or_default()),
+            format!("this action needs role {} or higher", min_role.map(echo).unwrap_or_default()),
             Some(&match have {
-                Some(r) => format!("The current context has role {r}."),
+                Some(r) => format!("The current context has role {r} (or no longer holds it)."),
                 None => "There is no request context in this transaction.".to_string(),
             }),
             None,
@@ -164,7 +187,7 @@ fn require_scope(scope: Option<&str>) {
     if !has_scope(scope) {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("this action needs scope \"{}\"", scope.unwrap_or_default().escape_default()),
+            format!("this action needs scope \"{}\"", echo(scope.unwrap_or_default())),
             None,
             None,
         )
@@ -180,25 +203,25 @@ fn clear_context() {
 
 // ---------------------------------------------------------------- setters
 
-fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
-    Spi::get_one_with_args::<String>(
-        "SELECT m.role FROM tenant_guard.memberships m WHERE m.org_id = $1 AND m.user_id = $2",
-        &[Uuid::from_bytes(org_id).into(), Uuid::from_bytes(user_id).into()],
+/// The role of `user_id` in `org_id` as committed now: a direct probe of
+/// the primary key (probe.rs), so neither a REPEATABLE READ transaction
+/// begun earlier nor an imported snapshot brings back a removed or demoted
+/// member. No SQL runs, so the callers need no SECURITY DEFINER.
+pub fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
+    probe::fetch_one(
+        c"memberships",
+        c"memberships_pkey",
+        &[(c"org_id", probe::Key::Uuid(Uuid::from_bytes(org_id))), (c"user_id", probe::Key::Uuid(Uuid::from_bytes(user_id)))],
+        |r| r.get::<String>(c"role", pg_sys::PgBuiltInOids::TEXTOID),
     )
-    .unwrap_or(None)
-}
-
-fn now_epoch() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    .flatten()
 }
 
 /// Verify an HS256 JWT signed with `tenant_guard.jwt_secret` and set the
-/// context for this transaction. The role comes from `memberships`.
-#[pg_extern(security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+/// context for this transaction. The role comes from `memberships`, as
+/// committed now. Runs no SQL (the membership is probed directly), so it
+/// needs neither SECURITY DEFINER nor a pinned search_path.
+#[pg_extern(volatile, parallel_unsafe)]
 fn authenticate_jwt(token: Option<&str>) -> Uuid {
     let token = token.unwrap_or("");
     let (aud, iss) = unsafe { (gucs::raw_value(&gucs::JWT_AUDIENCE), gucs::raw_value(&gucs::JWT_ISSUER)) };
@@ -206,7 +229,7 @@ fn authenticate_jwt(token: Option<&str>) -> Uuid {
         audience: aud.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
         issuer: iss.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
     };
-    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify_expecting(token, secret, now_epoch(), expect));
+    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify_expecting(token, secret, crate::clock::unix_secs(), expect));
     let claims = match claims {
         Ok(c) => c,
         Err(e) => {
@@ -240,10 +263,13 @@ fn authenticate_jwt(token: Option<&str>) -> Uuid {
 }
 
 /// Service role only (by grant): act as `user_id` in `org_id` for this
-/// transaction, with the role the membership table gives. Returns that role.
-#[pg_extern(security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn assume(org_id: Uuid, user_id: Uuid) -> String {
+/// transaction, with the role the membership table gives (as committed
+/// now). Returns that role.
+#[pg_extern(volatile, parallel_unsafe)]
+fn assume(org_id: Option<Uuid>, user_id: Option<Uuid>) -> String {
+    let (Some(org_id), Some(user_id)) = (org_id, user_id) else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "org_id and user_id must not be NULL", None, None)
+    };
     let org = *org_id.as_bytes();
     let user = *user_id.as_bytes();
     let Some(role) = membership_role(org, user) else {

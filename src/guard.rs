@@ -1,8 +1,9 @@
 //! `tenant_guard.require_protection` (off | warn | error): an event trigger
-//! notes every table created or altered that has a `uuid` column named
-//! `org_id`; just before the transaction commits (or is prepared), any of
-//! them still without row-level security draws a WARNING or, in `error`
-//! mode, aborts the commit. Checking at commit lets a migration create a
+//! notes every relation a DDL command touched (and their heirs); those that
+//! are tables with an `org_id` column of type uuid (or a domain over it)
+//! and, just before the transaction commits (or is prepared), are still
+//! without row-level security draw a WARNING or, in `error` mode, abort the
+//! commit. Checking at commit lets a migration create a
 //! table and protect() it in the same transaction.
 
 use crate::error::raise;
@@ -35,6 +36,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
 }
 
 pub fn init() {
+    // SAFETY: registers a static callback once per process (from _PG_init).
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
 
@@ -47,32 +49,47 @@ fn check_pending() {
     if mode == RequireProtection::Off {
         return;
     }
-    let mut unprotected = vec![];
+    let mut unprotected: Vec<String> = vec![];
     // Pre-commit runs outside any statement: give SPI a snapshot, as
     // PostgreSQL does for deferred triggers at this point.
+    // SAFETY: balanced by the PopActiveSnapshot below; SPI errors unwind
+    // through pgrx and abort the transaction, which pops it.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    // The extension may have been dropped in this very transaction.
+    let installed = Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('tenant_guard._is_uuid_column(oid, name)') IS NOT NULL")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    let pending = if installed { pending } else { vec![] };
+    let mut seen = std::collections::HashSet::new();
     for oid in pending {
-        // Gone (dropped, rolled back), temporary, or protected by now: fine.
+        if !seen.insert(oid) {
+            continue;
+        }
+        // Gone (dropped, rolled back), temporary, not a table, or protected by now: fine.
         let name = Spi::get_one_with_args::<String>(
             "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
-              WHERE c.oid OPERATOR(pg_catalog.=) $1 AND NOT c.relrowsecurity AND c.relpersistence OPERATOR(pg_catalog.<>) 't'
-                AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                             WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attname OPERATOR(pg_catalog.=) 'org_id'
-                               AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.uuid'::pg_catalog.regtype AND NOT a.attisdropped)",
+              WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[])
+                AND NOT c.relrowsecurity AND c.relpersistence OPERATOR(pg_catalog.<>) 't'
+                AND tenant_guard._is_uuid_column(c.oid, 'org_id')",
             &[oid.into()],
         )
         .unwrap_or(None);
         if let Some(n) = name {
-            if !unprotected.contains(&n) {
-                unprotected.push(n);
-            }
+            unprotected.push(n);
         }
     }
+    // SAFETY: pushed above.
     unsafe { pg_sys::PopActiveSnapshot() };
     if unprotected.is_empty() {
         return;
     }
-    let msg = format!("table(s) with an org_id column left without row-level security: {}", unprotected.join(", "));
+    unprotected.sort();
+    // Names are escaped to ASCII and the list is bounded: a notice that the
+    // client's encoding cannot carry, or an unbounded one, would fail the COMMIT.
+    let shown: Vec<String> = unprotected.iter().take(10).map(|n| crate::echo::echo_max(n, 200)).collect();
+    let more = if unprotected.len() > 10 { format!(" and {} more", unprotected.len() - 10) } else { String::new() };
+    let msg = format!("table(s) with an org_id column left without row-level security: {}{more}", shown.join(", "));
     let hint = "Run SELECT tenant_guard.protect('<table>') in the same transaction (for a new partition: protect() its parent again).";
     match mode {
         RequireProtection::Error => raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, msg, None, Some(hint)),

@@ -12,6 +12,15 @@
 //!   values as constants) are not written for such statements, nor at all
 //!   for sessions of non-superusers.
 //!
+//! - the values of the secret settings (passphrase, old passphrases, JWT
+//!   secret) are cut wherever a message gives one: the postmaster's
+//!   `parameter "..." changed to "..."` on every reload that changes one,
+//!   `SET`/`ALTER SYSTEM` statements as log_statement prints them, the token
+//!   a configuration-file syntax error quotes, and any occurrence of a
+//!   current value anywhere; a statement naming a secret setting is not
+//!   printed after an error;
+//! - a Rust source path in the error's location becomes its file name.
+//!
 //! The rewriting is pure Rust in redact.rs; this layer only swaps strings.
 //! It must never raise: any failure leaves the message as it was.
 
@@ -19,12 +28,15 @@ use crate::redact;
 use pgrx::pg_sys;
 use std::ffi::{c_char, CStr};
 
-static mut PREV: pg_sys::emit_log_hook_type = None;
+static PREV: std::sync::OnceLock<pg_sys::emit_log_hook_type> = std::sync::OnceLock::new();
 
 pub fn init() {
-    unsafe {
-        PREV = pg_sys::emit_log_hook;
-        pg_sys::emit_log_hook = Some(hook);
+    // SAFETY: _PG_init runs once, in the postmaster, before any other
+    // process exists; emit_log_hook is a plain global hook pointer.
+    let prev = unsafe { pg_sys::emit_log_hook };
+    if PREV.set(prev).is_ok() {
+        // SAFETY: as above.
+        unsafe { pg_sys::emit_log_hook = Some(hook) };
     }
 }
 
@@ -34,7 +46,8 @@ unsafe extern "C-unwind" fn hook(edata: *mut pg_sys::ErrorData) {
     if std::panic::catch_unwind(|| unsafe { scrub(edata) }).is_err() {
         unsafe { (*edata).output_to_server = false };
     }
-    if let Some(prev) = unsafe { PREV } {
+    if let Some(Some(prev)) = PREV.get() {
+        // SAFETY: the previous hook, called as PostgreSQL would have.
         unsafe { prev(edata) };
     }
 }
@@ -76,15 +89,55 @@ unsafe fn scrub(edata: *mut pg_sys::ErrorData) {
             return;
         }
     }
-    if redact::has_secret(stmt) {
+    let values = secret_values();
+    let values: Vec<&[u8]> = values.iter().flatten().copied().collect();
+    if redact::has_secret(stmt) || redact::mentions_secret_setting(stmt) || redact::known_values(stmt, &values).is_some() {
         e.hide_stmt = true;
     }
     for field in [e.message, e.detail, e.detail_log, e.hint, e.context, e.internalquery] {
         let Some(old) = (unsafe { bytes(field) }) else { continue };
-        let step1 = redact::secrets(old);
-        let step2 = if ours { redact::parameters(step1.as_deref().unwrap_or(old)) } else { None };
-        if let Some(new) = step2.or(step1) {
+        let mut cur: Option<Vec<u8>> = None;
+        let steps: [&dyn Fn(&[u8]) -> Option<Vec<u8>>; 4] = [
+            &redact::secrets,
+            &|t| if ours { redact::parameters(t) } else { None },
+            &redact::setting_values,
+            &|t| redact::known_values(t, &values),
+        ];
+        for step in steps {
+            if let Some(next) = step(cur.as_deref().unwrap_or(old)) {
+                cur = Some(next);
+            }
+        }
+        if let Some(new) = cur {
             unsafe { overwrite(field, old.len(), &new) };
         }
     }
+    // Rust source paths (a dependency's is the build machine's) are not
+    // shown: only the file name.
+    if let Some(f) = unsafe { bytes(e.filename) } {
+        if f.ends_with(b".rs") {
+            if let Some(slash) = f.iter().rposition(|&b| b == b'/') {
+                // SAFETY: a pointer into the same NUL-terminated string.
+                e.filename = unsafe { e.filename.add(slash + 1) };
+            }
+        }
+    }
+}
+
+/// The secret settings' current values (each old passphrase on its own).
+fn secret_values() -> [Option<&'static [u8]>; 10] {
+    let mut out = [None; 10];
+    // SAFETY: the values are only read during this call, and no setting
+    // changes while a message is being emitted.
+    let (p, old, j) = unsafe {
+        (crate::gucs::raw_value(&crate::gucs::PASSPHRASE), crate::gucs::raw_value(&crate::gucs::OLD_PASSPHRASES), crate::gucs::raw_value(&crate::gucs::JWT_SECRET))
+    };
+    out[0] = p;
+    out[1] = j;
+    if let Some(old) = old {
+        for (slot, v) in out[2..].iter_mut().zip(old.split(|&b| b == b',')) {
+            *slot = Some(v.trim_ascii());
+        }
+    }
+    out
 }

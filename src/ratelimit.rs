@@ -60,11 +60,6 @@ pub fn init() {
     pgrx::pg_shmem_init!(BUCKETS = Table::seeded());
 }
 
-/// Microseconds on PostgreSQL's clock.
-pub fn now_us() -> i64 {
-    unsafe { pg_sys::GetCurrentTimestamp() }
-}
-
 /// A 16-byte table key for `domain` + `parts` (never all zero: that marks a free slot).
 pub fn key(domain: &str, parts: &[&[u8]]) -> [u8; 16] {
     let mut h = Sha256::new();
@@ -81,13 +76,20 @@ pub fn key(domain: &str, parts: &[&[u8]]) -> [u8; 16] {
 }
 
 /// Take `quantity` from the bucket `key` now; exact under concurrency.
+///
+/// A bucket that holds state (its TAT is still ahead of now: it is limiting,
+/// or partly drained) is never evicted to make room: that would hand its
+/// owner a fresh burst. A new bucket takes an empty slot of its window or
+/// one whose bucket has refilled (TAT in the past, the same as no state);
+/// when there is none, the call is refused (fail closed), with the time
+/// until the window's first slot frees as retry_after.
 pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate: Rate, quantity: i64) -> Decision {
     let mut t = table.exclusive();
-    let now = now_us();
+    let now = crate::clock::now_us();
     let start = window_start(&t.seed, &key, N);
     let mut found = None;
     let mut free = None;
-    let mut parked = start;
+    let mut soonest = i64::MAX;
     for i in 0..PROBE {
         let idx = (start + i) % N;
         let s = &t.slots[idx];
@@ -95,23 +97,20 @@ pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate:
             found = Some(idx);
             break;
         }
-        // An empty slot, or one whose bucket is full again, holds no state worth keeping.
         if free.is_none() && (s.key == [0; 16] || s.tat <= now) {
             free = Some(idx);
         }
-        // If the window is full, give up the bucket parked furthest in the
-        // future: filling windows with long-period buckets then evicts the
-        // filler, not the short-lived buckets (and keys) of others.
-        if t.slots[idx].tat > t.slots[parked].tat {
-            parked = idx;
-        }
+        soonest = soonest.min(s.tat.saturating_sub(now));
     }
-    let (idx, stored) = match found {
-        Some(i) => (i, Some(t.slots[i].tat)),
-        None => (free.unwrap_or(parked), None),
+    let (idx, stored) = match (found, free) {
+        (Some(i), _) => (i, Some(t.slots[i].tat)),
+        (None, Some(i)) => (i, None),
+        (None, None) => return Decision { limited: true, remaining: 0, reset_after: soonest, retry_after: soonest },
     };
     let (decision, tat) = gcra::check(rate, stored, now, quantity);
-    t.slots[idx] = Slot { key, tat };
+    if stored.is_some() || !decision.limited {
+        t.slots[idx] = Slot { key, tat };
+    }
     decision
 }
 

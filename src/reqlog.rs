@@ -154,7 +154,7 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
         return;
     }
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let now = crate::ratelimit::now_us();
+    let now = crate::clock::now_us();
     let action = truncate(action.unwrap_or(""), ACTION_MAX);
     let addr = truncate(addr.unwrap_or(""), ADDR_MAX);
     let deadline = now + MAX_WAIT_US;
@@ -173,7 +173,7 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
             // Full: wait for our writer to make room rather than lose the
             // entry, if that can help (see worth_waiting); otherwise, or after
             // MAX_WAIT_US, drop it and count it.
-            let t = crate::ratelimit::now_us();
+            let t = crate::clock::now_us();
             let wait = match may_wait {
                 Some((w, at)) if t - at < 10_000 => w,
                 _ => {
@@ -315,7 +315,7 @@ struct Row {
 
 fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     let mut s = LOG.exclusive();
-    let now = crate::ratelimit::now_us();
+    let now = crate::clock::now_us();
     let me = unsafe { pg_sys::MyProcPid };
     let w = &mut s.workers[slot];
     // Our slot, unless we were stalled long enough for it to be handed on.
@@ -498,14 +498,14 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     }
     // In a transaction: the superuser check reads the catalog.
     BackgroundWorker::transaction(pin_session_settings);
-    let mut idle_since = crate::ratelimit::now_us();
+    let mut idle_since = crate::clock::now_us();
     loop {
         let (rows, exit) = take_batch(slot, db.to_u32(), idle_since);
         if !rows.is_empty() {
             IN_FLIGHT.with(|c| c.set(rows.len() as u64));
             BackgroundWorker::transaction(|| write_batch(&rows));
             IN_FLIGHT.with(|c| c.set(0));
-            idle_since = crate::ratelimit::now_us();
+            idle_since = crate::clock::now_us();
         }
         if exit || !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
             break;

@@ -125,9 +125,12 @@ pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
     Some(open(&ct, &envelope::secret_aad(&org, kind, name)))
 }
 
+/// The current org when the context ranks admin or higher as the latest
+/// committed state has it (context::rank_now).
 fn admin_org() -> [u8; 16] {
-    context::with_claims(|c| (roles::rank(&c.role).unwrap_or(0) >= roles::rank("admin").unwrap()).then_some(c.org_id))
-        .flatten()
+    context::rank_now()
+        .filter(|&r| r >= roles::ADMIN)
+        .and_then(|_| context::with_claims(|c| c.org_id))
         .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing secrets needs role admin or higher", None, None))
 }
 

@@ -8,10 +8,6 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
 
-fn now_epoch() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 fn tolerance_secs(t: Option<Interval>) -> Option<i64> {
     t.map(|i| i64::try_from(i.as_micros() / 1_000_000).unwrap_or(i64::MAX))
 }
@@ -37,39 +33,66 @@ fn webhook_sign(secret: &str, msg_id: &str, ts: i64, payload: &str) -> String {
 }
 
 /// Verify a Standard Webhooks delivery. `tolerance` NULL skips the time check.
-/// Malformed input (including a malformed secret) is false, never an error.
+/// Malformed input (including a malformed secret) and a NULL in any other
+/// argument are false, never an error.
 #[pg_extern(stable, parallel_safe)]
 fn webhook_verify(
-    secret: &str,
-    msg_id: &str,
-    ts: i64,
-    payload: &str,
+    secret: Option<&str>,
+    msg_id: Option<&str>,
+    ts: Option<i64>,
+    payload: Option<&str>,
     signature_header: Option<&str>,
     tolerance: default!(Option<Interval>, "'5 minutes'"),
 ) -> bool {
+    let (Some(secret), Some(msg_id), Some(ts), Some(payload), Some(header)) = (secret, msg_id, ts, payload, signature_header) else {
+        return false;
+    };
     let Some(key) = wh::standard_key(secret) else { return false };
-    wh::standard_verify(&key, msg_id, ts, payload.as_bytes(), signature_header.unwrap_or(""), tolerance_secs(tolerance), now_epoch())
+    wh::standard_verify(&key, msg_id, ts, payload.as_bytes(), header, tolerance_secs(tolerance), crate::clock::unix_secs())
 }
 
 #[pg_extern(stable, parallel_safe)]
-fn verify_stripe_signature(secret: &str, payload: &str, header: Option<&str>, tolerance: default!(Option<Interval>, "'5 minutes'")) -> bool {
-    wh::stripe_verify(secret, payload.as_bytes(), header.unwrap_or(""), tolerance_secs(tolerance), now_epoch())
+fn verify_stripe_signature(
+    secret: Option<&str>,
+    payload: Option<&str>,
+    header: Option<&str>,
+    tolerance: default!(Option<Interval>, "'5 minutes'"),
+) -> bool {
+    let (Some(secret), Some(payload), Some(header)) = (secret, payload, header) else { return false };
+    wh::stripe_verify(secret, payload.as_bytes(), header, tolerance_secs(tolerance), crate::clock::unix_secs())
 }
 
 #[pg_extern(immutable, parallel_safe)]
-fn verify_github_signature(secret: &str, payload: &[u8], header: Option<&str>) -> bool {
-    wh::github_verify(secret, payload, header.unwrap_or(""))
+fn verify_github_signature(secret: Option<&str>, payload: Option<&[u8]>, header: Option<&str>) -> bool {
+    let (Some(secret), Some(payload), Some(header)) = (secret, payload, header) else { return false };
+    wh::github_verify(secret, payload, header)
 }
 
 #[pg_extern(stable, parallel_safe)]
 fn verify_slack_signature(
-    secret: &str,
-    ts: i64,
-    payload: &str,
+    secret: Option<&str>,
+    ts: Option<i64>,
+    payload: Option<&str>,
     header: Option<&str>,
     tolerance: default!(Option<Interval>, "'5 minutes'"),
 ) -> bool {
-    wh::slack_verify(secret, ts, payload.as_bytes(), header.unwrap_or(""), tolerance_secs(tolerance), now_epoch())
+    let (Some(secret), Some(ts), Some(payload), Some(header)) = (secret, ts, payload, header) else { return false };
+    wh::slack_verify(secret, ts, payload.as_bytes(), header, tolerance_secs(tolerance), crate::clock::unix_secs())
+}
+
+/// Internal (definer-only): the canonical form of an acceptable endpoint
+/// URL (url_policy.rs), or 22023 saying why not (without echoing it).
+#[pg_extern(immutable, parallel_safe)]
+fn _webhook_url(url: Option<&str>) -> String {
+    let Some(url) = url else { raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "url must not be NULL", None, None) };
+    crate::url_policy::check(url).unwrap_or_else(|r| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            r.to_string(),
+            None,
+            Some("Your delivery worker must still check the address a name resolves to."),
+        )
+    })
 }
 
 // ---------------------------------------------------------------- endpoint secrets
@@ -125,4 +148,37 @@ fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64, pa
 fn _webhook_msg_id() -> String {
     let k = crate::apikey::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None));
     format!("msg_{}", &k[4..28])
+}
+
+// ---------------------------------------------------------------- outbox limits
+
+/// Largest payload enqueue_webhook() accepts, in bytes (its JSON text).
+const MAX_PAYLOAD: i32 = 256 * 1024;
+
+#[pg_extern(immutable, parallel_safe)]
+fn _outbox_max_payload() -> i32 {
+    MAX_PAYLOAD
+}
+
+/// Internal (definer-only): admit `n` more deliveries for `org`, or raise
+/// 53400. Each org may enqueue 6,000 deliveries a minute, with bursts of
+/// up to 10,000: no org can bury the shared outbox (and claims are fair).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _outbox_admit(org_id: Option<Uuid>, n: Option<i32>) {
+    let (Some(org), Some(n)) = (org_id, n) else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "org_id and n must not be NULL", None, None)
+    };
+    let rate = crate::gcra::Rate::new(6_000, 60_000_000, 10_000).expect("constant rate");
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32().to_be_bytes();
+    let key = crate::ratelimit::key("outbox", &[&db, org.as_bytes()]);
+    let d = crate::ratelimit::throttle(&crate::ratelimit::BUCKETS, key, rate, n.max(0) as i64);
+    if d.limited {
+        let ms = (d.retry_after.max(0) + 999) / 1000;
+        raise(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "this organization is enqueueing webhooks too fast",
+            Some(&format!("retry_after_ms={ms}")),
+            Some("Each organization may enqueue 6,000 deliveries a minute, in bursts of up to 10,000."),
+        );
+    }
 }
