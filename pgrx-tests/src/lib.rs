@@ -183,6 +183,9 @@ impl Cluster {
 
         let mut start = as_postgres(&bindir.join("pg_ctl"));
         start.args(["start", "-w", "-t", "60", "-D"]).arg(&datadir).arg("-l").arg(datadir.join("server.log"));
+        // A hostile but common environment: Rust backtraces switched on for
+        // the server (they must still never reach a client or the log).
+        start.env("RUST_BACKTRACE", "1");
         {
             let mut list = CLUSTERS.lock().unwrap();
             if list.is_empty() {
