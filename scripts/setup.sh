@@ -28,6 +28,12 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
 
+# The bounded fuzzing layer of scripts/test.sh (about 30 s to install).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz"
+    cargo install cargo-fuzz --version 0.13.2 --locked
+fi
+
 if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
     cargo pgrx init --pg15 /usr/bin/pg_config
 fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of tenant_guard: (1) plain `cargo test` of the pure-Rust
-# modules, (2) the in-database #[pg_test]s, (3) the black-box tests in tests/
-# against a throwaway cluster with the extension preloaded.
+# crate (core/) and the extension's own unit tests, (2) the in-database
+# #[pg_test]s, (3) the black-box tests in tests/ against a throwaway cluster
+# with the extension preloaded, (4) a bounded fuzzing run of every parser of
+# untrusted input.
 # Usage: scripts/test.sh        (as root or a sudoer, on Debian 12)
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
@@ -16,16 +18,17 @@ export PG_CONFIG=/usr/bin/pg_config
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-echo "== 1/3 pure-Rust unit tests"
-cargo test --lib 2>&1 | tee -a "$log"
+echo "== 1/4 pure-Rust unit tests"
+cargo test -p tenant_guard_core 2>&1 | tee -a "$log"
+cargo test --lib -p tenant_guard 2>&1 | tee -a "$log"
 
-echo "== 2/3 in-database tests (cargo pgrx test)"
+echo "== 2/4 in-database tests (cargo pgrx test)"
 pgdata=/tmp/tenant_guard_pgrx_test
 rm -rf "$pgdata"
 # Only the #[pg_test]s here (named tests::pg_*); layer 1 ran the pure ones.
 cargo pgrx test pg15 ::pg_ --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
 
-echo "== 3/3 black-box tests against a real cluster"
+echo "== 3/4 black-box tests against a real cluster"
 # Install the regular (non-test) build into the system PostgreSQL.
 if [ "$(id -u)" -eq 0 ]; then
     cargo pgrx install --pg-config "$PG_CONFIG"
@@ -34,6 +37,9 @@ else
 fi
 cargo test -p tenant_guard_harness --tests -- --test-threads=4 2>&1 | tee -a "$log"
 
-# One closing line for all three layers.
+echo "== 4/4 bounded fuzzing (${TG_FUZZ_SECS:-10} s per target; scripts/fuzz.sh for longer runs)"
+bash scripts/fuzz.sh "${TG_FUZZ_SECS:-10}" 2>&1 | tee -a "$log"
+
+# One closing line for all four layers.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "all layers: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"
