@@ -7,18 +7,6 @@ use postgres::Client;
 use std::time::{Duration, Instant};
 use tenant_guard_harness::{cluster, full_error, sqlstate, Cluster, Db, Options};
 
-/// Create a key as `user` (a member of `org`); returns (key_id, plaintext).
-fn create_key(c: &mut Client, org: &str, user: &str, args: &str) -> (String, String) {
-    begin_as(c, org, user);
-    let r = rows(c, &format!("SELECT key_id, api_key FROM tenant_guard.create_api_key({args})"));
-    exec(c, "COMMIT");
-    (r[0][0].clone().unwrap(), r[0][1].clone().unwrap())
-}
-
-fn auth(c: &mut Client, key: &str) -> Result<String, postgres::Error> {
-    c.query_one("SELECT tenant_guard.authenticate($1, 'test')::text", &[&key]).map(|r| r.get(0))
-}
-
 /// Poll the request log (as the superuser) until `pred` holds, or time out.
 fn wait_for_log(db: &Db, sql: &str) -> String {
     poll(&mut db.dba(), sql, 15, "request_log never showed it", |v| v != "0" && !v.is_empty())

@@ -116,3 +116,16 @@ pub fn begin_as(c: &mut Client, org: &str, user: &str) {
     let got = val(c, &format!("SELECT tenant_guard.authenticate_jwt('{}')", token_for(org, user))).unwrap();
     assert_eq!(got, org);
 }
+
+/// Create a key as `user` (a member of `org`); returns (key_id, plaintext).
+pub fn create_key(c: &mut Client, org: &str, user: &str, args: &str) -> (String, String) {
+    begin_as(c, org, user);
+    let r = rows(c, &format!("SELECT key_id, api_key FROM tenant_guard.create_api_key({args})"));
+    exec(c, "COMMIT");
+    (r[0][0].clone().unwrap(), r[0][1].clone().unwrap())
+}
+
+/// authenticate() with `key` as a bind parameter; the org id on success.
+pub fn auth(c: &mut Client, key: &str) -> Result<String, postgres::Error> {
+    c.query_one("SELECT tenant_guard.authenticate($1, 'test')::text", &[&key]).map(|r| r.get(0))
+}

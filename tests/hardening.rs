@@ -13,17 +13,6 @@ fn postmaster_start(c: &mut Client) -> String {
     val(c, "SELECT pg_postmaster_start_time()::text").unwrap()
 }
 
-fn create_key(c: &mut Client, org: &str, user: &str, args: &str) -> (String, String) {
-    begin_as(c, org, user);
-    let r = rows(c, &format!("SELECT key_id, api_key FROM tenant_guard.create_api_key({args})"));
-    exec(c, "COMMIT");
-    (r[0][0].clone().unwrap(), r[0][1].clone().unwrap())
-}
-
-fn auth(c: &mut Client, key: &str) -> Result<String, postgres::Error> {
-    c.query_one("SELECT tenant_guard.authenticate($1, 'test')::text", &[&key]).map(|r| r.get(0))
-}
-
 #[test]
 fn huge_arguments_give_small_errors_and_never_crash_the_cluster() {
     let db = cluster().fresh_db();
