@@ -27,10 +27,10 @@ fn main() {
               SELECT o.id, ('00000000-0000-4000-9000-' || lpad((o.n * 100 + m)::text, 12, '0'))::uuid,
                      (ARRAY['viewer', 'member', 'admin', 'owner'])[1 + m % 4]
                 FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM tenant_guard.organizations) o,
-                     generate_series(1, {MEMBERS}) m;
-         VACUUM ANALYZE tenant_guard.memberships;"
+                     generate_series(1, {MEMBERS}) m;"
     ))
     .expect("load");
+    dba.batch_execute("VACUUM ANALYZE tenant_guard.memberships").unwrap();
     let (org, user): (String, String) = {
         let r = dba
             .query_one("SELECT org_id::text, user_id::text FROM tenant_guard.memberships WHERE role = 'admin' ORDER BY org_id OFFSET 500 LIMIT 1", &[])

@@ -91,7 +91,7 @@ unsafe fn scrub(edata: *mut pg_sys::ErrorData) {
     }
     let values = secret_values();
     let values: Vec<&[u8]> = values.iter().flatten().copied().collect();
-    if redact::has_secret(stmt) || redact::mentions_secret_setting(stmt) || redact::known_values(stmt, &values).is_some() {
+    if redact::has_secret(stmt) || redact::mentions_secret_setting(stmt) || redact::contains_value(stmt, &values) {
         e.hide_stmt = true;
     }
     for field in [e.message, e.detail, e.detail_log, e.hint, e.context, e.internalquery] {

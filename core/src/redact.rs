@@ -175,6 +175,11 @@ pub fn setting_values(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether `text` contains one of `values` (of 8 bytes or more), without allocating.
+pub fn contains_value(text: &[u8], values: &[&[u8]]) -> bool {
+    values.iter().any(|v| v.len() >= 8 && text.windows(v.len()).any(|w| w == *v))
+}
+
 /// Replace every occurrence of each of `values` (the secret settings'
 /// current values; shorter than 8 bytes are ignored) by asterisks.
 pub fn known_values(text: &[u8], values: &[&[u8]]) -> Option<Vec<u8>> {
