@@ -2,9 +2,9 @@
 //! after any change of the passphrase settings (the assign hook bumps a
 //! generation counter), never printed.
 
-use crate::error::raise;
-use crate::gucs;
-use crate::keys::{KeyError, KeySet, MIN_JWT_SECRET_LEN, MIN_PASSPHRASE_LEN};
+use crate::pg::errors::raise;
+use crate::pg::settings;
+use crate::kdf::{KeyError, KeySet, MIN_JWT_SECRET_LEN, MIN_PASSPHRASE_LEN};
 use pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE as NOT_READY;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -17,12 +17,12 @@ thread_local! {
 /// Key sets derived from `tenant_guard.old_passphrases` (for decryption
 /// during rotation). Entries that are too short are skipped.
 pub fn old() -> Vec<Rc<KeySet>> {
-    let gen = gucs::key_generation();
+    let gen = settings::key_generation();
     if let Some(v) = OLD.with(|c| c.borrow().as_ref().filter(|(g, _)| *g == gen).map(|(_, v)| v.clone())) {
         return v;
     }
-    let list = unsafe { gucs::raw_value(&gucs::OLD_PASSPHRASES) }.unwrap_or(b"");
-    let v: Vec<Rc<KeySet>> = crate::keys::split_old_passphrases(list)
+    let list = unsafe { settings::raw_value(&settings::OLD_PASSPHRASES) }.unwrap_or(b"");
+    let v: Vec<Rc<KeySet>> = crate::kdf::split_old_passphrases(list)
         .iter()
         .filter_map(|p| KeySet::derive(p).ok())
         .map(Rc::new)
@@ -34,12 +34,12 @@ pub fn old() -> Vec<Rc<KeySet>> {
 /// The keys derived from `tenant_guard.passphrase`; raises a clear error when
 /// it is missing or too short.
 pub fn current() -> Rc<KeySet> {
-    let gen = gucs::key_generation();
+    let gen = settings::key_generation();
     if let Some(k) = CURRENT.with(|c| c.borrow().as_ref().filter(|(g, _)| *g == gen).map(|(_, k)| k.clone())) {
         return k;
     }
     let derived = {
-        let pass = unsafe { gucs::raw_value(&gucs::PASSPHRASE) }.unwrap_or(b"");
+        let pass = unsafe { settings::raw_value(&settings::PASSPHRASE) }.unwrap_or(b"");
         KeySet::derive(pass)
     };
     match derived {
@@ -49,7 +49,7 @@ pub fn current() -> Rc<KeySet> {
             k
         }
         Err(KeyError::Missing) => {
-            crate::error::hide_statement_from_log();
+            crate::pg::errors::hide_statement_from_log();
             raise(
             NOT_READY,
             "tenant_guard.passphrase is not set",
@@ -58,7 +58,7 @@ pub fn current() -> Rc<KeySet> {
             )
         }
         Err(KeyError::TooShort) => {
-            crate::error::hide_statement_from_log();
+            crate::pg::errors::hide_statement_from_log();
             raise(
             NOT_READY,
             format!("tenant_guard.passphrase is too short (minimum {MIN_PASSPHRASE_LEN} bytes)"),
@@ -71,9 +71,9 @@ pub fn current() -> Rc<KeySet> {
 
 /// Run `f` with the JWT secret; raises when it is missing or too short.
 pub fn with_jwt_secret<R>(f: impl FnOnce(&[u8]) -> R) -> R {
-    let secret = unsafe { gucs::raw_value(&gucs::JWT_SECRET) }.unwrap_or(b"");
+    let secret = unsafe { settings::raw_value(&settings::JWT_SECRET) }.unwrap_or(b"");
     if secret.is_empty() {
-        crate::error::hide_statement_from_log();
+        crate::pg::errors::hide_statement_from_log();
         raise(
             NOT_READY,
             "tenant_guard.jwt_secret is not set",
@@ -82,7 +82,7 @@ pub fn with_jwt_secret<R>(f: impl FnOnce(&[u8]) -> R) -> R {
         )
     }
     if secret.len() < MIN_JWT_SECRET_LEN {
-        crate::error::hide_statement_from_log();
+        crate::pg::errors::hide_statement_from_log();
         raise(NOT_READY, format!("tenant_guard.jwt_secret is too short (minimum {MIN_JWT_SECRET_LEN} bytes)"), None, None)
     }
     f(secret)

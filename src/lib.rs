@@ -6,26 +6,30 @@
 
 use pgrx::prelude::*;
 
-pub use tenant_guard_core::{apikey, echo, envelope, gcra, jwt, keys, redact, roles, token, url_policy, webhook};
+pub use tenant_guard_core::{api_key_format, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, roles, url_policy, webhook_signature};
 
-mod apikeys;
-mod clock;
-mod context;
-mod error;
-mod guard;
-mod gucs;
+mod pg;
+
 mod keyring;
-mod logscrub;
-mod probe;
-mod ratelimit;
-mod reqlog;
+
+mod api_keys;
+mod context;
+mod organizations;
+mod log_hook;
+mod protection;
+mod rate_limit;
+mod request_log;
 mod secrets;
 mod webhooks;
 
 ::pgrx::pg_module_magic!();
 
-extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+// The schema's privileges and the service role, first; each capability's
+// SQL sits beside its Rust code (src/<capability>/<capability>.sql, loaded
+// there with its `requires`); the check that nothing was left executable by
+// PUBLIC, last.
+extension_sql_file!("schema.sql", name = "schema", bootstrap);
+extension_sql_file!("finalize.sql", name = "finalize", finalize);
 
 /// Until the library is loaded, `tenant_guard.*` settings are placeholders
 /// any role can read; so the library refuses to load any other way than via
@@ -34,7 +38,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
-        error::raise(
+        pg::errors::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "tenant_guard must be loaded via shared_preload_libraries",
             Some("Until the library is preloaded, tenant_guard.* settings such as the passphrase are unprotected placeholders that any role can read."),
@@ -48,11 +52,11 @@ pub extern "C-unwind" fn _PG_init() {
     // inheritance, every backend.
     // (The postmaster is single-threaded while it loads libraries.)
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
-    gucs::init();
-    ratelimit::init();
-    reqlog::init();
-    guard::init();
-    logscrub::init();
+    pg::settings::init();
+    rate_limit::init();
+    request_log::init();
+    protection::init();
+    log_hook::init();
 }
 
 // In-database tests only run under `cargo pgrx test` (feature pg_test);
@@ -60,7 +64,7 @@ pub extern "C-unwind" fn _PG_init() {
 #[cfg(feature = "pg_test")]
 #[pg_schema]
 mod tests {
-    use crate::token::{Binding, Claims};
+    use crate::context_token::{Binding, Claims};
     use pgrx::prelude::*;
 
     fn claims(binding: Binding) -> Claims {
@@ -100,13 +104,13 @@ mod tests {
     #[pg_test]
     fn pg_rate_limit_is_exact_in_shared_memory() {
         let rate = crate::gcra::Rate::new(5, 60_000_000, 4).unwrap();
-        let key = crate::ratelimit::key("pg_test", &[b"bucket"]);
-        let t = &crate::ratelimit::BUCKETS;
-        let admitted = (0..20).filter(|_| !crate::ratelimit::throttle(t, key, rate, 1).limited).count();
+        let key = crate::rate_limit::key("pg_test", &[b"bucket"]);
+        let t = &crate::rate_limit::BUCKETS;
+        let admitted = (0..20).filter(|_| !crate::rate_limit::throttle(t, key, rate, 1).limited).count();
         assert_eq!(admitted, 5);
-        let other = crate::ratelimit::key("pg_test", &[b"another"]);
-        assert!(!crate::ratelimit::throttle(t, other, rate, 1).limited, "buckets are independent");
-        assert!(!crate::ratelimit::throttle(&crate::ratelimit::KEYS, key, rate, 1).limited, "tables are independent");
+        let other = crate::rate_limit::key("pg_test", &[b"another"]);
+        assert!(!crate::rate_limit::throttle(t, other, rate, 1).limited, "buckets are independent");
+        assert!(!crate::rate_limit::throttle(&crate::rate_limit::KEYS, key, rate, 1).limited, "tables are independent");
     }
 
     #[pg_test]
@@ -114,7 +118,7 @@ mod tests {
         let env = crate::secrets::seal(b"in-database round trip", b"aad");
         assert_eq!(crate::secrets::open(&env, b"aad"), b"in-database round trip");
         let id = crate::envelope::key_id(&env).unwrap();
-        let expected = crate::keys::KeySet::derive(b"pg-test-passphrase-0123456789-abcdefghij").unwrap().key_id();
+        let expected = crate::kdf::KeySet::derive(b"pg-test-passphrase-0123456789-abcdefghij").unwrap().key_id();
         assert_eq!(id, expected, "derived from tenant_guard.passphrase in postgresql.conf");
     }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       1     version, 0x01
-//! 1       4     key id, big-endian (public fingerprint of the passphrase, see keys.rs)
+//! 1       4     key id, big-endian (public fingerprint of the passphrase, see kdf.rs)
 //! 5       12    nonce, 96 random bits from the OS CSPRNG, fresh on every encryption
 //! 17      n     AES-256-GCM ciphertext (same length as the plaintext)
 //! 17+n    16    GCM tag

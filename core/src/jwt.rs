@@ -151,7 +151,8 @@ pub fn verify_expecting(token: &str, secret: &[u8], now: i64, expect: Expect<'_>
     Ok(JwtClaims { sub, org_id, exp })
 }
 
-/// Build an HS256 token (used by tests and the quickstart; not exposed in SQL).
+/// Build an HS256 token (unit tests only: the extension never signs JWTs).
+#[cfg(test)]
 pub fn sign(claims: &Value, secret: &[u8]) -> String {
     let h = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let p = B64.encode(serde_json::to_vec(claims).expect("json"));

@@ -2,14 +2,25 @@
 //! enforces that none of it touches the server, and `cargo test -p
 //! tenant_guard_core` (and the fuzz targets in `fuzz/`) run it on their own.
 
-pub mod apikey;
+/// The `tgk_` API-key format: generation, checksum, hash, display prefix.
+pub mod api_key_format;
+/// The signed request context token (`v1.<claims>.<mac>`).
+pub mod context_token;
+/// How user input may appear in an error or notice.
 pub mod echo;
+/// The secrets envelope (AES-256-GCM, format version 1).
 pub mod envelope;
+/// GCRA rate limiting (redis-cell semantics).
 pub mod gcra;
+/// HS256 JWT verification.
 pub mod jwt;
-pub mod keys;
-pub mod redact;
+/// Key derivation from the passphrase (HKDF-SHA256), one subkey per purpose.
+pub mod kdf;
+/// What the server-log hook removes from a message.
+pub mod log_redaction;
+/// The role ladder: owner > admin > member > viewer.
 pub mod roles;
-pub mod token;
+/// Which URLs a webhook endpoint may have.
 pub mod url_policy;
-pub mod webhook;
+/// Webhook signatures: Standard Webhooks, Stripe, GitHub, Slack.
+pub mod webhook_signature;

@@ -1,7 +1,7 @@
 //! The API-key format: classify, hash and display any string without panicking.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tenant_guard_core::apikey;
+use tenant_guard_core::api_key_format as apikey;
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);

@@ -1,7 +1,7 @@
 //! The signed context token: decode anything; only our own encodings verify.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tenant_guard_core::token;
+use tenant_guard_core::context_token as token;
 
 fuzz_target!(|data: &[u8]| {
     let key = [7u8; 32];

@@ -2,7 +2,7 @@
 //! writes in place), never a secret-looking span left, echoes bounded ASCII.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tenant_guard_core::{echo, redact};
+use tenant_guard_core::{echo, log_redaction as redact};
 
 fuzz_target!(|data: &[u8]| {
     for out in [

@@ -2,7 +2,7 @@
 //! header is parsed without panicking, and a random one never verifies.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tenant_guard_core::webhook;
+use tenant_guard_core::webhook_signature as webhook;
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);

@@ -11,6 +11,9 @@ use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgLwLock, Uuid};
 use std::time::Duration;
 
+// The request_log table, its policies, the purge and the grants (request_log.sql).
+pgrx::extension_sql_file!("request_log.sql", name = "request_log", requires = ["schema", request_log_queue, context::current_org_id_if]);
+
 pub const QUEUE: usize = 4096;
 const WORKERS: usize = 16;
 const ACTION_MAX: usize = 64;
@@ -154,7 +157,7 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
         return;
     }
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let now = crate::clock::now_us();
+    let now = crate::pg::clock::now_us();
     let action = truncate(action.unwrap_or(""), ACTION_MAX);
     let addr = truncate(addr.unwrap_or(""), ADDR_MAX);
     let deadline = now + MAX_WAIT_US;
@@ -173,7 +176,7 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
             // Full: wait for our writer to make room rather than lose the
             // entry, if that can help (see worth_waiting); otherwise, or after
             // MAX_WAIT_US, drop it and count it.
-            let t = crate::clock::now_us();
+            let t = crate::pg::clock::now_us();
             let wait = match may_wait {
                 Some((w, at)) if t - at < 10_000 => w,
                 _ => {
@@ -315,7 +318,7 @@ struct Row {
 
 fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     let mut s = LOG.exclusive();
-    let now = crate::clock::now_us();
+    let now = crate::pg::clock::now_us();
     let me = unsafe { pg_sys::MyProcPid };
     let w = &mut s.workers[slot];
     // Our slot, unless we were stalled long enough for it to be handed on.
@@ -449,7 +452,7 @@ fn pin_session_settings() {
         (c"idle_in_transaction_session_timeout", c"0"),
     ];
     for (name, value) in settings {
-        crate::gucs::set_as_superuser(name, value, false);
+        crate::pg::settings::set_as_superuser(name, value, false);
     }
     if !unsafe { pg_sys::superuser() } {
         pgrx::error!("tenant_guard request log writer: not running as a superuser; database settings for role or session_authorization?");
@@ -498,14 +501,14 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     }
     // In a transaction: the superuser check reads the catalog.
     BackgroundWorker::transaction(pin_session_settings);
-    let mut idle_since = crate::clock::now_us();
+    let mut idle_since = crate::pg::clock::now_us();
     loop {
         let (rows, exit) = take_batch(slot, db.to_u32(), idle_since);
         if !rows.is_empty() {
             IN_FLIGHT.with(|c| c.set(rows.len() as u64));
             BackgroundWorker::transaction(|| write_batch(&rows));
             IN_FLIGHT.with(|c| c.set(0));
-            idle_since = crate::clock::now_us();
+            idle_since = crate::pg::clock::now_us();
         }
         if exit || !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
             break;

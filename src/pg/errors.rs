@@ -22,5 +22,5 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<&s
 /// literal in it) with this error. Transaction-local, so the abort that
 /// follows restores the setting. Costs nothing on the success path.
 pub fn hide_statement_from_log() {
-    crate::gucs::set_as_superuser(c"log_min_error_statement", c"panic", true);
+    crate::pg::settings::set_as_superuser(c"log_min_error_statement", c"panic", true);
 }

@@ -3,14 +3,25 @@
 //! bound to (org, kind, name), re-encryptable after a passphrase rotation.
 
 use crate::envelope::{self, EnvelopeError};
-use crate::error::raise;
+use crate::pg::errors::raise;
 use crate::keyring;
-use crate::probe;
-use crate::keys::{KeySet, Purpose};
+use crate::pg::index_lookup;
+use crate::kdf::{KeySet, Purpose};
 use crate::{context, roles};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
 use std::rc::Rc;
+
+// The secrets table, its policies, the pgcrypto import and the grants (secrets.sql).
+pgrx::extension_sql_file!(
+    "secrets.sql",
+    name = "secrets",
+    requires = [
+        "organizations", encrypt, decrypt, put_secret, put_secret_for, get_secret, delete_secret,
+        wordpress::put_wordpress_credentials, wordpress::get_wordpress_credentials, wordpress::wordpress_authorization,
+        rotation::rotate_secrets, context::current_org_id_if
+    ]
+);
 
 const MAX_SECRET_LEN: usize = 64 * 1024;
 
@@ -116,10 +127,10 @@ pub fn store(org: [u8; 16], kind: &str, name: &str, secret: &[u8]) -> Uuid {
 /// Fetch and decrypt one secret, or None. The row is found by a direct probe
 /// of the (org_id, kind, name) unique index (probe.rs).
 pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
-    let ct: Vec<u8> = probe::fetch_one(
+    let ct: Vec<u8> = index_lookup::fetch_one(
         c"secrets",
         c"secrets_org_id_kind_name_key",
-        &[(c"org_id", probe::Key::Uuid(Uuid::from_bytes(org))), (c"kind", probe::Key::Text(kind)), (c"name", probe::Key::Text(name))],
+        &[(c"org_id", index_lookup::Key::Uuid(Uuid::from_bytes(org))), (c"kind", index_lookup::Key::Text(kind)), (c"name", index_lookup::Key::Text(name))],
         |r| r.bytes(c"ciphertext"),
     )??;
     Some(open(&ct, &envelope::secret_aad(&org, kind, name)))
@@ -127,7 +138,7 @@ pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
 
 /// The current org when the context ranks admin or higher as the latest
 /// committed state has it (context::rank_now).
-fn admin_org() -> [u8; 16] {
+pub(crate) fn admin_org() -> [u8; 16] {
     context::rank_now()
         .filter(|&r| r >= roles::ADMIN)
         .and_then(|_| context::with_claims(|c| c.org_id))
@@ -175,124 +186,5 @@ fn delete_secret(kind: &str, name: &str) -> bool {
     .unwrap_or(false)
 }
 
-// ---------------------------------------------------------------- WordPress
-
-const WP_KIND: &str = "wordpress";
-
-/// Canonical site URL: https only, lower-case scheme and host, no trailing slash.
-fn normalize_site(url: &str) -> String {
-    let u = url.trim();
-    let Some(rest) = u.strip_prefix("https://").or_else(|| u.strip_prefix("HTTPS://")) else {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "site_url must start with https://",
-            Some("WordPress only accepts application passwords over HTTPS."),
-            None,
-        )
-    };
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if host.is_empty() || host.contains(['@', ' ']) {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "site_url has no valid host", None, None);
-    }
-    format!("https://{}{}", host.to_ascii_lowercase(), path.trim_end_matches('/'))
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct WpCreds {
-    username: String,
-    app_password: String,
-}
-
-fn wp_load(org_id: Uuid, site_url: &str) -> Option<WpCreds> {
-    let bytes = load(*org_id.as_bytes(), WP_KIND, &normalize_site(site_url))?;
-    Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "stored WordPress credentials are malformed", None, None)))
-}
-
-/// Store the WordPress application password of a site for the current org
-/// (admin or higher). Username and password are encrypted together.
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn put_wordpress_credentials(site_url: &str, username: &str, app_password: &str) -> Uuid {
-    let org = admin_org();
-    if username.is_empty() || username.contains(':') {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "username must be non-empty and contain no ':'", None, None);
-    }
-    if app_password.trim().is_empty() {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "app_password must not be empty", None, None);
-    }
-    let json = serde_json::to_vec(&WpCreds { username: username.into(), app_password: app_password.into() }).expect("json");
-    store(org, WP_KIND, &normalize_site(site_url), &json)
-}
-
-/// Service role only.
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn get_wordpress_credentials(
-    org_id: Uuid,
-    site_url: &str,
-) -> TableIterator<'static, (name!(username, String), name!(app_password, String))> {
-    TableIterator::new(wp_load(org_id, site_url).map(|c| (c.username, c.app_password)))
-}
-
-/// Service role only: the ready `Authorization` header value for the WordPress REST API.
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn wordpress_authorization(org_id: Uuid, site_url: &str) -> Option<String> {
-    use base64::Engine;
-    wp_load(org_id, site_url).map(|c| {
-        // WordPress shows application passwords in groups of four with spaces; both forms work.
-        let pair = format!("{}:{}", c.username, c.app_password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
-    })
-}
-
-// ---------------------------------------------------------------- rotation
-
-/// Re-encrypt up to `batch_size` secrets that are not under the current
-/// passphrase's key; returns how many it did. Run until it returns 0, then
-/// the old passphrase can be removed. Never returns plaintext; safe to
-/// interrupt and rerun (each row is rewritten in one UPDATE).
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn rotate_secrets(batch_size: default!(i32, 1000)) -> i64 {
-    if batch_size <= 0 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "batch_size must be positive", None, None);
-    }
-    let current = keyring::current();
-    let rows: Vec<(Uuid, Uuid, String, String, Vec<u8>)> = Spi::connect_mut(|c| {
-        let t = c.update(
-            "SELECT id, org_id, kind, name, ciphertext FROM tenant_guard.secrets
-              WHERE key_id <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-            None,
-            &[(current.key_id() as i64).into(), (batch_size as i64).into()],
-        )?;
-        let mut v = Vec::new();
-        for r in t {
-            v.push((
-                r.get::<Uuid>(1)?.expect("id"),
-                r.get::<Uuid>(2)?.expect("org"),
-                r.get::<String>(3)?.expect("kind"),
-                r.get::<String>(4)?.expect("name"),
-                r.get::<Vec<u8>>(5)?.expect("ciphertext"),
-            ));
-        }
-        Ok::<_, pgrx::spi::SpiError>(v)
-    })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
-    let mut n = 0i64;
-    for (id, org, kind, name, ct) in rows {
-        let aad = envelope::secret_aad(org.as_bytes(), &kind, &name);
-        let plain = zeroize::Zeroizing::new(open(&ct, &aad));
-        let fresh = seal(&plain, &aad);
-        Spi::run_with_args(
-            "UPDATE tenant_guard.secrets SET ciphertext = $2, key_id = $3, updated_at = now() WHERE id = $1",
-            &[id.into(), fresh.into(), (current.key_id() as i64).into()],
-        )
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
-        n += 1;
-    }
-    n
-}
+pub mod rotation;
+pub mod wordpress;

@@ -2,26 +2,33 @@
 //! authenticate() (verify + rate limit + log + context in one call),
 //! rotation and import of existing hashes.
 
-use crate::apikey::{self, Shape};
+use crate::api_key_format::{self, Shape};
 use crate::context::{self, current_binding};
 use crate::echo::echo;
-use crate::error::raise;
-use crate::probe;
+use crate::pg::errors::raise;
+use crate::pg::index_lookup;
 use crate::gcra::Rate;
-use crate::ratelimit;
-use crate::reqlog::{self, Outcome};
+use crate::rate_limit;
+use crate::request_log::{self, Outcome};
 use crate::roles;
-use crate::token::Claims;
+use crate::context_token::Claims;
 use pgrx::datum::{Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
+
+// The api_keys table, its policies, revoke_api_key() and the grants (api_keys.sql).
+pgrx::extension_sql_file!(
+    "api_keys.sql",
+    name = "api_keys",
+    requires = ["organizations", authenticate, create_api_key, rotate_api_key, import_api_key_hash, context::current_org_id_if]
+);
 
 /// SQLSTATE of a rate-limited authenticate(): 53400 configuration_limit_exceeded
 /// (pgrx can only raise PostgreSQL's own codes; this one is used for nothing else here).
 const RATE_LIMITED: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
 
 fn invalid_key() -> ! {
-    crate::error::hide_statement_from_log();
+    crate::pg::errors::hide_statement_from_log();
     raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "invalid API key", None, None)
 }
 
@@ -49,7 +56,7 @@ fn creator_vouches(row: &KeyRow) -> bool {
 /// The rank an API-key context holds now: its key's role while the key is
 /// neither revoked nor expired and its creator still vouches for it.
 pub fn rank_now(key_id: [u8; 16]) -> Option<u8> {
-    let row = lookup_by(c"api_keys_pkey", &[(c"id", probe::Key::Uuid(Uuid::from_bytes(key_id)))])?;
+    let row = lookup_by(c"api_keys_pkey", &[(c"id", index_lookup::Key::Uuid(Uuid::from_bytes(key_id)))])?;
     (!row.revoked && !row.expired && creator_vouches(&row)).then(|| roles::rank(&row.role)).flatten()
 }
 
@@ -60,14 +67,14 @@ pub fn rank_now(key_id: [u8; 16]) -> Option<u8> {
 /// transaction's start, so neither a long transaction nor a DO/CALL loop that
 /// commits inside one statement can outlive a key.
 fn lookup(hash: &[u8; 32]) -> Option<KeyRow> {
-    lookup_by(c"api_keys_key_hash_key", &[(c"key_hash", probe::Key::Bytea(hash))])
+    lookup_by(c"api_keys_key_hash_key", &[(c"key_hash", index_lookup::Key::Bytea(hash))])
 }
 
-fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, probe::Key)]) -> Option<KeyRow> {
-    let now = crate::clock::now_us();
+fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, index_lookup::Key)]) -> Option<KeyRow> {
+    let now = crate::pg::clock::now_us();
     let past = |t: Option<i64>| t.is_some_and(|t| t <= now);
     use pg_sys::PgBuiltInOids as T;
-    probe::fetch_one(c"api_keys", index, keys, |r| {
+    index_lookup::fetch_one(c"api_keys", index, keys, |r| {
         let revoked = r.get::<i64>(c"revoked_at", T::TIMESTAMPTZOID).is_some();
         let expired = past(r.get::<i64>(c"expires_at", T::TIMESTAMPTZOID));
         // Role and scopes (which could be stored out of line, in TOAST) are
@@ -96,14 +103,14 @@ fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, probe::Ke
 fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), client_addr: default!(Option<Inet>, "NULL")) -> Uuid {
     let addr = client_addr.as_ref().map(|a| a.to_string());
     let fail = |outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>| -> ! {
-        reqlog::record(outcome, org, key, action, addr.as_deref());
+        request_log::record(outcome, org, key, action, addr.as_deref());
         invalid_key()
     };
     let key = api_key.unwrap_or("");
-    if apikey::classify(key) == Shape::Corrupt {
+    if api_key_format::classify(key) == Shape::Corrupt {
         fail(Outcome::Invalid, None, None);
     }
-    let Some(row) = lookup(&apikey::hash(key)) else { fail(Outcome::Invalid, None, None) };
+    let Some(row) = lookup(&api_key_format::hash(key)) else { fail(Outcome::Invalid, None, None) };
     let (org, id) = (*row.org.as_bytes(), *row.id.as_bytes());
     if row.revoked {
         fail(Outcome::Revoked, Some(org), Some(id));
@@ -115,11 +122,11 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
         fail(Outcome::Revoked, Some(org), Some(id));
     }
     let rate = Rate::new(row.rpm as i64, 60_000_000, (row.rpm as i64 - 1).max(0)).expect("rate_limit_per_minute > 0");
-    let d = ratelimit::throttle(&ratelimit::KEYS, ratelimit::key("apikey", &[&id]), rate, 1);
+    let d = rate_limit::throttle(&rate_limit::KEYS, rate_limit::key("apikey", &[&id]), rate, 1);
     if d.limited {
-        reqlog::record(Outcome::RateLimited, Some(org), Some(id), action, addr.as_deref());
+        request_log::record(Outcome::RateLimited, Some(org), Some(id), action, addr.as_deref());
         let ms = (d.retry_after.max(0) + 999) / 1000;
-        crate::error::hide_statement_from_log();
+        crate::pg::errors::hide_statement_from_log();
         raise(
             RATE_LIMITED,
             "API key rate limit exceeded",
@@ -127,7 +134,7 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
             Some(&format!("This key allows {} requests per minute.", row.rpm)),
         );
     }
-    reqlog::record(Outcome::Ok, Some(org), Some(id), action, addr.as_deref());
+    request_log::record(Outcome::Ok, Some(org), Some(id), action, addr.as_deref());
     context::install(Claims {
         org_id: org,
         user_id: None,
@@ -167,7 +174,7 @@ fn check_role(role: &str, my_rank: u8) {
 }
 
 fn new_key() -> String {
-    apikey::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None))
+    api_key_format::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None))
 }
 
 fn insert_key(
@@ -186,8 +193,8 @@ fn insert_key(
         &[
             Uuid::from_bytes(org).into(),
             name.into(),
-            apikey::display_prefix(key).into(),
-            apikey::hash(key).as_slice().into(),
+            api_key_format::display_prefix(key).into(),
+            api_key_format::hash(key).as_slice().into(),
             role.into(),
             scopes.into(),
             rpm.into(),

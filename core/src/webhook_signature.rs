@@ -114,7 +114,8 @@ pub fn stripe_verify(secret: &str, payload: &[u8], header: &str, tolerance: Opti
     ok
 }
 
-/// Build a Stripe-style header (tests and fixtures).
+/// Build a Stripe-style header (unit tests only).
+#[cfg(test)]
 pub fn stripe_sign(secret: &str, payload: &[u8], ts: i64) -> String {
     let tag = hmac_sha256(secret.as_bytes(), &[ts.to_string().as_bytes(), b".", payload]);
     format!("t={ts},v1={}", hex(&tag))

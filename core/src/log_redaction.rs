@@ -5,7 +5,7 @@
 //! the hook can write it over the original without allocating; each returns
 //! None when nothing changed.
 
-use crate::apikey::{DISPLAY_LEN, PREFIX};
+use crate::api_key_format::{DISPLAY_LEN, PREFIX};
 
 const MARK: &[u8] = b"[redacted]";
 
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn api_keys_keep_only_their_display_prefix() {
-        let key = crate::apikey::generate().unwrap();
+        let key = crate::api_key_format::generate().unwrap();
         let msg = format!("duration: 0.1 ms  statement: SELECT tenant_guard.authenticate('{key}', 'x')");
         let r = s(secrets(msg.as_bytes()));
         assert!(!r.contains(&key[12..]), "{r}");
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn bytes_that_are_not_utf8_are_kept_and_still_scanned() {
-        let key = crate::apikey::generate().unwrap();
+        let key = crate::api_key_format::generate().unwrap();
         let mut msg = vec![0xe9u8, b' '];
         msg.extend_from_slice(key.as_bytes());
         msg.extend_from_slice(&[b' ', 0xfc]);

@@ -9,7 +9,7 @@
 //! is checked to be unique, valid, not partial and on exactly the expected
 //! columns, so a changed schema fails loudly instead of reading the wrong thing.
 
-use crate::error::raise;
+use crate::pg::errors::raise;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::{FromDatum, IntoDatum, PgSqlErrorCode};
 use std::ffi::{c_char, CStr};

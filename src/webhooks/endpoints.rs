@@ -1,89 +1,18 @@
-//! Webhook SQL functions: signing and verification (thin wrappers over
-//! webhook.rs) and the helpers behind endpoints and the signed outbox.
+//! Webhook endpoints and the signed outbox: the Rust helpers behind
+//! create_webhook_endpoint(), rotate_webhook_secret(), enqueue_webhook() and
+//! claim_webhook_deliveries() (webhooks.sql). Internal: executable only by
+//! those SECURITY DEFINER functions.
 
-use crate::error::raise;
+use crate::pg::errors::raise;
 use crate::secrets;
-use crate::webhook as wh;
-use pgrx::datum::Interval;
+use crate::webhook_signature as wh;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
-
-fn tolerance_secs(t: Option<Interval>) -> Option<i64> {
-    t.map(|i| i64::try_from(i.as_micros() / 1_000_000).unwrap_or(i64::MAX))
-}
-
-fn key_or_error(secret: &str) -> Vec<u8> {
-    wh::standard_key(secret).unwrap_or_else(|| {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid webhook secret: expected whsec_<base64>", None, None)
-    })
-}
-
-#[pg_extern(immutable, parallel_safe)]
-fn hmac_sha256(data: &[u8], key: &[u8]) -> Vec<u8> {
-    wh::hmac_sha256(key, &[data]).to_vec()
-}
-
-/// Standard Webhooks signature header value `v1,<base64>`. SECURITY DEFINER
-/// only so that finalize.sql can keep its errors from logging the statement
-/// (which holds the secret); it reads no table.
-#[pg_extern(immutable, parallel_safe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn webhook_sign(secret: &str, msg_id: &str, ts: i64, payload: &str) -> String {
-    wh::standard_sign(&key_or_error(secret), msg_id, ts, payload.as_bytes())
-}
-
-/// Verify a Standard Webhooks delivery. `tolerance` NULL skips the time check.
-/// Malformed input (including a malformed secret) and a NULL in any other
-/// argument are false, never an error.
-#[pg_extern(stable, parallel_safe)]
-fn webhook_verify(
-    secret: Option<&str>,
-    msg_id: Option<&str>,
-    ts: Option<i64>,
-    payload: Option<&str>,
-    signature_header: Option<&str>,
-    tolerance: default!(Option<Interval>, "'5 minutes'"),
-) -> bool {
-    let (Some(secret), Some(msg_id), Some(ts), Some(payload), Some(header)) = (secret, msg_id, ts, payload, signature_header) else {
-        return false;
-    };
-    let Some(key) = wh::standard_key(secret) else { return false };
-    wh::standard_verify(&key, msg_id, ts, payload.as_bytes(), header, tolerance_secs(tolerance), crate::clock::unix_secs())
-}
-
-#[pg_extern(stable, parallel_safe)]
-fn verify_stripe_signature(
-    secret: Option<&str>,
-    payload: Option<&str>,
-    header: Option<&str>,
-    tolerance: default!(Option<Interval>, "'5 minutes'"),
-) -> bool {
-    let (Some(secret), Some(payload), Some(header)) = (secret, payload, header) else { return false };
-    wh::stripe_verify(secret, payload.as_bytes(), header, tolerance_secs(tolerance), crate::clock::unix_secs())
-}
-
-#[pg_extern(immutable, parallel_safe)]
-fn verify_github_signature(secret: Option<&str>, payload: Option<&[u8]>, header: Option<&str>) -> bool {
-    let (Some(secret), Some(payload), Some(header)) = (secret, payload, header) else { return false };
-    wh::github_verify(secret, payload, header)
-}
-
-#[pg_extern(stable, parallel_safe)]
-fn verify_slack_signature(
-    secret: Option<&str>,
-    ts: Option<i64>,
-    payload: Option<&str>,
-    header: Option<&str>,
-    tolerance: default!(Option<Interval>, "'5 minutes'"),
-) -> bool {
-    let (Some(secret), Some(ts), Some(payload), Some(header)) = (secret, ts, payload, header) else { return false };
-    wh::slack_verify(secret, ts, payload.as_bytes(), header, tolerance_secs(tolerance), crate::clock::unix_secs())
-}
 
 /// Internal (definer-only): the canonical form of an acceptable endpoint
 /// URL (url_policy.rs), or 22023 saying why not (without echoing it).
 #[pg_extern(immutable, parallel_safe)]
-fn _webhook_url(url: Option<&str>) -> String {
+pub fn _webhook_url(url: Option<&str>) -> String {
     let Some(url) = url else { raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "url must not be NULL", None, None) };
     crate::url_policy::check(url).unwrap_or_else(|r| {
         raise(
@@ -102,7 +31,7 @@ const KIND: &str = "webhook";
 /// Internal (definer-only): make and store a new signing secret for an
 /// endpoint; returns it (shown once by the calling SQL function).
 #[pg_extern(volatile, parallel_unsafe)]
-fn _webhook_new_secret(org_id: Uuid, endpoint_id: Uuid, slot: &str) -> String {
+pub fn _webhook_new_secret(org_id: Uuid, endpoint_id: Uuid, slot: &str) -> String {
     let s = wh::generate_secret().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None));
     secrets::store(*org_id.as_bytes(), KIND, &format!("{endpoint_id}:{slot}"), s.as_bytes());
     s
@@ -110,7 +39,7 @@ fn _webhook_new_secret(org_id: Uuid, endpoint_id: Uuid, slot: &str) -> String {
 
 /// Internal (definer-only): move the current secret to the `previous` slot.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _webhook_retire_secret(org_id: Uuid, endpoint_id: Uuid) {
+pub fn _webhook_retire_secret(org_id: Uuid, endpoint_id: Uuid) {
     let org = *org_id.as_bytes();
     if let Some(cur) = secrets::load(org, KIND, &format!("{endpoint_id}:current")) {
         secrets::store(org, KIND, &format!("{endpoint_id}:previous"), &cur);
@@ -121,7 +50,7 @@ fn _webhook_retire_secret(org_id: Uuid, endpoint_id: Uuid) {
 /// with the current secret and, while `with_previous`, the previous one too.
 /// Returns only signatures, never a secret.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64, payload: &str, with_previous: bool) -> String {
+pub fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64, payload: &str, with_previous: bool) -> String {
     let org = *org_id.as_bytes();
     let mut sigs = vec![];
     let mut slots = vec!["current"];
@@ -145,8 +74,8 @@ fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64, pa
 
 /// Internal: a Standard Webhooks message id, `msg_` + 24 random base62 characters.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _webhook_msg_id() -> String {
-    let k = crate::apikey::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None));
+pub fn _webhook_msg_id() -> String {
+    let k = crate::api_key_format::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None));
     format!("msg_{}", &k[4..28])
 }
 
@@ -156,7 +85,7 @@ fn _webhook_msg_id() -> String {
 const MAX_PAYLOAD: i32 = 256 * 1024;
 
 #[pg_extern(immutable, parallel_safe)]
-fn _outbox_max_payload() -> i32 {
+pub fn _outbox_max_payload() -> i32 {
     MAX_PAYLOAD
 }
 
@@ -164,14 +93,14 @@ fn _outbox_max_payload() -> i32 {
 /// 53400. Each org may enqueue 6,000 deliveries a minute, with bursts of
 /// up to 10,000: no org can bury the shared outbox (and claims are fair).
 #[pg_extern(volatile, parallel_unsafe)]
-fn _outbox_admit(org_id: Option<Uuid>, n: Option<i32>) {
+pub fn _outbox_admit(org_id: Option<Uuid>, n: Option<i32>) {
     let (Some(org), Some(n)) = (org_id, n) else {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "org_id and n must not be NULL", None, None)
     };
     let rate = crate::gcra::Rate::new(6_000, 60_000_000, 10_000).expect("constant rate");
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32().to_be_bytes();
-    let key = crate::ratelimit::key("outbox", &[&db, org.as_bytes()]);
-    let d = crate::ratelimit::throttle(&crate::ratelimit::BUCKETS, key, rate, n.max(0) as i64);
+    let key = crate::rate_limit::key("outbox", &[&db, org.as_bytes()]);
+    let d = crate::rate_limit::throttle(&crate::rate_limit::BUCKETS, key, rate, n.max(0) as i64);
     if d.limited {
         let ms = (d.retry_after.max(0) + 999) / 1000;
         raise(

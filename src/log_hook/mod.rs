@@ -24,7 +24,7 @@
 //! The rewriting is pure Rust in redact.rs; this layer only swaps strings.
 //! It must never raise: any failure leaves the message as it was.
 
-use crate::redact;
+use crate::log_redaction;
 use pgrx::pg_sys;
 use std::ffi::{c_char, CStr};
 
@@ -81,7 +81,7 @@ unsafe fn scrub(edata: *mut pg_sys::ErrorData) {
     // secrets) as constants, as decimal bytes no pattern can recognise, and
     // any role may turn them on for itself: not written for non-superuser
     // sessions, nor for any statement that mentions tenant_guard.
-    let ours = redact::contains_ci(stmt, b"tenant_guard");
+    let ours = log_redaction::contains_ci(stmt, b"tenant_guard");
     if let Some(m) = unsafe { bytes(e.message) } {
         if matches!(m, b"parse tree:" | b"rewritten parse tree:" | b"plan:") && (ours || !unsafe { pg_sys::session_auth_is_superuser }) {
             e.output_to_server = false;
@@ -91,17 +91,17 @@ unsafe fn scrub(edata: *mut pg_sys::ErrorData) {
     }
     let values = secret_values();
     let values: Vec<&[u8]> = values.iter().flatten().copied().collect();
-    if redact::has_secret(stmt) || redact::mentions_secret_setting(stmt) || redact::contains_value(stmt, &values) {
+    if log_redaction::has_secret(stmt) || log_redaction::mentions_secret_setting(stmt) || log_redaction::contains_value(stmt, &values) {
         e.hide_stmt = true;
     }
     for field in [e.message, e.detail, e.detail_log, e.hint, e.context, e.internalquery] {
         let Some(old) = (unsafe { bytes(field) }) else { continue };
         let mut cur: Option<Vec<u8>> = None;
         let steps: [&dyn Fn(&[u8]) -> Option<Vec<u8>>; 4] = [
-            &redact::secrets,
-            &|t| if ours { redact::parameters(t) } else { None },
-            &redact::setting_values,
-            &|t| redact::known_values(t, &values),
+            &log_redaction::secrets,
+            &|t| if ours { log_redaction::parameters(t) } else { None },
+            &log_redaction::setting_values,
+            &|t| log_redaction::known_values(t, &values),
         ];
         for step in steps {
             if let Some(next) = step(cur.as_deref().unwrap_or(old)) {
@@ -130,7 +130,7 @@ fn secret_values() -> [Option<&'static [u8]>; 10] {
     // SAFETY: the values are only read during this call, and no setting
     // changes while a message is being emitted.
     let (p, old, j) = unsafe {
-        (crate::gucs::raw_value(&crate::gucs::PASSPHRASE), crate::gucs::raw_value(&crate::gucs::OLD_PASSPHRASES), crate::gucs::raw_value(&crate::gucs::JWT_SECRET))
+        (crate::pg::settings::raw_value(&crate::pg::settings::PASSPHRASE), crate::pg::settings::raw_value(&crate::pg::settings::OLD_PASSPHRASES), crate::pg::settings::raw_value(&crate::pg::settings::JWT_SECRET))
     };
     out[0] = p;
     out[1] = j;

@@ -3,12 +3,15 @@
 //! exact. API keys and general buckets have separate tables, so nothing a
 //! caller does with `rate_limit()` can evict an API key's state.
 
-use crate::error::raise;
+use crate::pg::errors::raise;
 use crate::gcra::{self, Decision, Rate};
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{PgLwLock, PgSqlErrorCode};
 use sha2::{Digest, Sha256};
+
+// rate_limit(), the SQL face of _rate_limit() (rate_limit.sql).
+pgrx::extension_sql_file!("rate_limit.sql", name = "rate_limit", requires = ["schema", _rate_limit]);
 
 pub const KEY_SLOTS: usize = 16384;
 pub const BUCKET_SLOTS: usize = 8192;
@@ -85,7 +88,7 @@ pub fn key(domain: &str, parts: &[&[u8]]) -> [u8; 16] {
 /// until the window's first slot frees as retry_after.
 pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate: Rate, quantity: i64) -> Decision {
     let mut t = table.exclusive();
-    let now = crate::clock::now_us();
+    let now = crate::pg::clock::now_us();
     let start = window_start(&t.seed, &key, N);
     let mut found = None;
     let mut free = None;

@@ -6,16 +6,26 @@
 //! verified (a memcmp); the HMAC is checked once per distinct value.
 
 use crate::echo::echo;
-use crate::error::raise;
-use crate::gucs;
-use crate::probe;
+use crate::pg::errors::raise;
+use crate::pg::settings;
+use crate::pg::index_lookup;
 use crate::keyring;
-use crate::keys::Purpose;
+use crate::kdf::Purpose;
 use crate::roles;
-use crate::token::{self, Binding, Claims};
+use crate::context_token::{self, Binding, Claims};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
 use std::cell::RefCell;
+
+// Grants of the context functions (context.sql).
+pgrx::extension_sql_file!(
+    "context.sql",
+    name = "context",
+    requires = [
+        current_org_id, current_org_id_if, current_user_id, current_user_role, current_api_key_id, current_scopes,
+        has_role, require_role, has_scope, require_scope, clear_context, authenticate_jwt, assume
+    ]
+);
 
 struct Cached {
     token: Vec<u8>,
@@ -40,17 +50,17 @@ pub fn current_binding() -> Binding {
 /// Run `f` on the verified claims of the current context, or return None
 /// when there is none (or it is not valid here and now).
 pub fn with_claims<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
-    let raw = unsafe { gucs::raw_value(&gucs::CONTEXT) }?;
+    let raw = unsafe { settings::raw_value(&settings::CONTEXT) }?;
     if raw.is_empty() {
         return None;
     }
-    let generation = gucs::key_generation();
+    let generation = settings::key_generation();
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         let hit = matches!(&*cache, Some(c) if c.generation == generation && c.token == raw);
         if !hit {
             let key = keyring::current();
-            let claims = std::str::from_utf8(raw).ok().and_then(|t| token::decode(t, key.subkey(Purpose::Context)).ok());
+            let claims = std::str::from_utf8(raw).ok().and_then(|t| context_token::decode(t, key.subkey(Purpose::Context)).ok());
             *cache = Some(Cached { token: raw.to_vec(), generation, claims });
         }
         let claims = cache.as_ref()?.claims.as_ref()?;
@@ -64,15 +74,15 @@ pub fn with_claims<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
 /// Sign `claims` and install them as the context until the end of the transaction.
 pub fn install(claims: Claims) {
     let key = keyring::current();
-    let tok = token::encode(&claims, key.subkey(Purpose::Context));
+    let tok = context_token::encode(&claims, key.subkey(Purpose::Context));
     set_context_value(&tok);
-    let generation = gucs::key_generation();
+    let generation = settings::key_generation();
     CACHE.with(|c| *c.borrow_mut() = Some(Cached { token: tok.into_bytes(), generation, claims: Some(claims) }));
 }
 
 fn set_context_value(value: &str) {
     let v = std::ffi::CString::new(value).expect("token has no NUL");
-    gucs::set_as_superuser(gucs::CONTEXT_NAME, &v, true);
+    settings::set_as_superuser(settings::CONTEXT_NAME, &v, true);
 }
 
 fn require_known_role(name: Option<&str>) -> u8 {
@@ -96,41 +106,41 @@ fn has_rank(claims: &Claims, min: u8) -> bool {
 // ---------------------------------------------------------------- helpers
 
 #[pg_extern(stable, parallel_safe)]
-fn current_org_id() -> Option<Uuid> {
+pub fn current_org_id() -> Option<Uuid> {
     with_claims(|c| Uuid::from_bytes(c.org_id))
 }
 
 /// The current org when the context's role is at least `min_role`, else NULL.
 /// One stable expression, so `org_id = current_org_id_if('member')` is an index condition.
 #[pg_extern(stable, parallel_safe)]
-fn current_org_id_if(min_role: Option<&str>) -> Option<Uuid> {
+pub fn current_org_id_if(min_role: Option<&str>) -> Option<Uuid> {
     let min = require_known_role(min_role);
     with_claims(|c| has_rank(c, min).then(|| Uuid::from_bytes(c.org_id))).flatten()
 }
 
 #[pg_extern(stable, parallel_safe)]
-fn current_user_id() -> Option<Uuid> {
+pub fn current_user_id() -> Option<Uuid> {
     with_claims(|c| c.user_id.map(Uuid::from_bytes)).flatten()
 }
 
 #[pg_extern(stable, parallel_safe)]
-fn current_user_role() -> Option<String> {
+pub fn current_user_role() -> Option<String> {
     with_claims(|c| c.role.clone())
 }
 
 #[pg_extern(stable, parallel_safe)]
-fn current_api_key_id() -> Option<Uuid> {
+pub fn current_api_key_id() -> Option<Uuid> {
     with_claims(|c| c.api_key_id.map(Uuid::from_bytes)).flatten()
 }
 
 #[pg_extern(stable, parallel_safe)]
-fn current_scopes() -> Option<Vec<String>> {
+pub fn current_scopes() -> Option<Vec<String>> {
     with_claims(|c| c.scopes.clone())
 }
 
 /// True when the context's role ranks at least `min_role`; false (never NULL) without a context.
 #[pg_extern(stable, parallel_safe)]
-fn has_role(min_role: Option<&str>) -> bool {
+pub fn has_role(min_role: Option<&str>) -> bool {
     let min = require_known_role(min_role);
     with_claims(|c| has_rank(c, min)).unwrap_or(false)
 }
@@ -144,7 +154,7 @@ pub fn rank_now() -> Option<u8> {
     let signed = roles::rank(&role)?;
     let now = match (user, key) {
         (Some(u), _) => roles::rank(&membership_role(org, u)?)?,
-        (None, Some(k)) => crate::apikeys::rank_now(k)?,
+        (None, Some(k)) => crate::api_keys::rank_now(k)?,
         (None, None) => return None,
     };
     Some(signed.min(now))
@@ -156,7 +166,7 @@ pub fn rank_now() -> Option<u8> {
 /// through an old snapshot) loses the right at once. (The RLS helpers
 /// trust the context for the rest of its transaction.)
 #[pg_extern(stable, parallel_safe)]
-fn require_role(min_role: Option<&str>) {
+pub fn require_role(min_role: Option<&str>) {
     let min = require_known_role(min_role);
     if rank_now().is_none_or(|r| r < min) {
         let have = with_claims(|c| c.role.clone());
@@ -175,7 +185,7 @@ fn require_role(min_role: Option<&str>) {
 /// True when the context carries `scope` (API keys); false without a context
 /// or for user contexts, which carry no scopes.
 #[pg_extern(stable, parallel_safe)]
-fn has_scope(scope: Option<&str>) -> bool {
+pub fn has_scope(scope: Option<&str>) -> bool {
     let Some(scope) = scope else {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "scope must not be NULL", None, None)
     };
@@ -183,7 +193,7 @@ fn has_scope(scope: Option<&str>) -> bool {
 }
 
 #[pg_extern(stable, parallel_safe)]
-fn require_scope(scope: Option<&str>) {
+pub fn require_scope(scope: Option<&str>) {
     if !has_scope(scope) {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -196,7 +206,7 @@ fn require_scope(scope: Option<&str>) {
 
 /// Drop the context for the rest of the transaction (anyone may lower their own privileges).
 #[pg_extern]
-fn clear_context() {
+pub fn clear_context() {
     set_context_value("");
     CACHE.with(|c| *c.borrow_mut() = None);
 }
@@ -208,10 +218,10 @@ fn clear_context() {
 /// begun earlier nor an imported snapshot brings back a removed or demoted
 /// member. No SQL runs, so the callers need no SECURITY DEFINER.
 pub fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
-    probe::fetch_one(
+    index_lookup::fetch_one(
         c"memberships",
         c"memberships_pkey",
-        &[(c"org_id", probe::Key::Uuid(Uuid::from_bytes(org_id))), (c"user_id", probe::Key::Uuid(Uuid::from_bytes(user_id)))],
+        &[(c"org_id", index_lookup::Key::Uuid(Uuid::from_bytes(org_id))), (c"user_id", index_lookup::Key::Uuid(Uuid::from_bytes(user_id)))],
         |r| r.get::<String>(c"role", pg_sys::PgBuiltInOids::TEXTOID),
     )
     .flatten()
@@ -222,18 +232,18 @@ pub fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
 /// committed now. Runs no SQL (the membership is probed directly), so it
 /// needs neither SECURITY DEFINER nor a pinned search_path.
 #[pg_extern(volatile, parallel_unsafe)]
-fn authenticate_jwt(token: Option<&str>) -> Uuid {
+pub fn authenticate_jwt(token: Option<&str>) -> Uuid {
     let token = token.unwrap_or("");
-    let (aud, iss) = unsafe { (gucs::raw_value(&gucs::JWT_AUDIENCE), gucs::raw_value(&gucs::JWT_ISSUER)) };
+    let (aud, iss) = unsafe { (settings::raw_value(&settings::JWT_AUDIENCE), settings::raw_value(&settings::JWT_ISSUER)) };
     let expect = crate::jwt::Expect {
         audience: aud.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
         issuer: iss.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
     };
-    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify_expecting(token, secret, crate::clock::unix_secs(), expect));
+    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify_expecting(token, secret, crate::pg::clock::unix_secs(), expect));
     let claims = match claims {
         Ok(c) => c,
         Err(e) => {
-            crate::error::hide_statement_from_log();
+            crate::pg::errors::hide_statement_from_log();
             raise(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             "invalid token",
@@ -243,7 +253,7 @@ fn authenticate_jwt(token: Option<&str>) -> Uuid {
         }
     };
     let Some(role) = membership_role(claims.org_id, claims.sub) else {
-        crate::error::hide_statement_from_log();
+        crate::pg::errors::hide_statement_from_log();
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             "invalid token",
@@ -266,7 +276,7 @@ fn authenticate_jwt(token: Option<&str>) -> Uuid {
 /// transaction, with the role the membership table gives (as committed
 /// now). Returns that role.
 #[pg_extern(volatile, parallel_unsafe)]
-fn assume(org_id: Option<Uuid>, user_id: Option<Uuid>) -> String {
+pub fn assume(org_id: Option<Uuid>, user_id: Option<Uuid>) -> String {
     let (Some(org_id), Some(user_id)) = (org_id, user_id) else {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "org_id and user_id must not be NULL", None, None)
     };

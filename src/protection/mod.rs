@@ -6,12 +6,21 @@
 //! commit. Checking at commit lets a migration create a
 //! table and protect() it in the same transaction.
 
-use crate::error::raise;
-use crate::gucs::{RequireProtection, REQUIRE_PROTECTION};
+use crate::pg::errors::raise;
+use crate::pg::settings::{RequireProtection, REQUIRE_PROTECTION};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::ffi::c_void;
+
+// protect(), the self-approval trigger and the guard's event trigger
+// (protection.sql): after every other capability, so the guard watches only
+// what follows the install.
+pgrx::extension_sql_file!(
+    "protection.sql",
+    name = "protection",
+    requires = ["organizations", "context", "api_keys", "request_log", "rate_limit", "secrets", "webhooks", _note_unprotected_table]
+);
 
 thread_local! {
     static PENDING: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };

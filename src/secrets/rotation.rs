@@ -1,0 +1,54 @@
+//! Passphrase rotation: re-encrypt the secrets not under the current key.
+
+use super::{open, seal};
+use crate::envelope;
+use crate::keyring;
+use crate::pg::errors::raise;
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, Uuid};
+
+/// Re-encrypt up to `batch_size` secrets that are not under the current
+/// passphrase's key; returns how many it did. Run until it returns 0, then
+/// the old passphrase can be removed. Never returns plaintext; safe to
+/// interrupt and rerun (each row is rewritten in one UPDATE).
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn rotate_secrets(batch_size: default!(i32, 1000)) -> i64 {
+    if batch_size <= 0 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "batch_size must be positive", None, None);
+    }
+    let current = keyring::current();
+    let rows: Vec<(Uuid, Uuid, String, String, Vec<u8>)> = Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT id, org_id, kind, name, ciphertext FROM tenant_guard.secrets
+              WHERE key_id <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            None,
+            &[(current.key_id() as i64).into(), (batch_size as i64).into()],
+        )?;
+        let mut v = Vec::new();
+        for r in t {
+            v.push((
+                r.get::<Uuid>(1)?.expect("id"),
+                r.get::<Uuid>(2)?.expect("org"),
+                r.get::<String>(3)?.expect("kind"),
+                r.get::<String>(4)?.expect("name"),
+                r.get::<Vec<u8>>(5)?.expect("ciphertext"),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(v)
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+    let mut n = 0i64;
+    for (id, org, kind, name, ct) in rows {
+        let aad = envelope::secret_aad(org.as_bytes(), &kind, &name);
+        let plain = zeroize::Zeroizing::new(open(&ct, &aad));
+        let fresh = seal(&plain, &aad);
+        Spi::run_with_args(
+            "UPDATE tenant_guard.secrets SET ciphertext = $2, key_id = $3, updated_at = now() WHERE id = $1",
+            &[id.into(), fresh.into(), (current.key_id() as i64).into()],
+        )
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+        n += 1;
+    }
+    n
+}

@@ -1,0 +1,79 @@
+//! WordPress application passwords: stored as kind `wordpress`, name = the
+//! normalised site URL, secret = `{"username": ..., "app_password": ...}`.
+
+use super::{admin_org, load, store};
+use crate::pg::errors::raise;
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, Uuid};
+
+const WP_KIND: &str = "wordpress";
+
+/// Canonical site URL: https only, lower-case scheme and host, no trailing slash.
+fn normalize_site(url: &str) -> String {
+    let u = url.trim();
+    let Some(rest) = u.strip_prefix("https://").or_else(|| u.strip_prefix("HTTPS://")) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "site_url must start with https://",
+            Some("WordPress only accepts application passwords over HTTPS."),
+            None,
+        )
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if host.is_empty() || host.contains(['@', ' ']) {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "site_url has no valid host", None, None);
+    }
+    format!("https://{}{}", host.to_ascii_lowercase(), path.trim_end_matches('/'))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WpCreds {
+    username: String,
+    app_password: String,
+}
+
+fn wp_load(org_id: Uuid, site_url: &str) -> Option<WpCreds> {
+    let bytes = load(*org_id.as_bytes(), WP_KIND, &normalize_site(site_url))?;
+    Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "stored WordPress credentials are malformed", None, None)))
+}
+
+/// Store the WordPress application password of a site for the current org
+/// (admin or higher). Username and password are encrypted together.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn put_wordpress_credentials(site_url: &str, username: &str, app_password: &str) -> Uuid {
+    let org = admin_org();
+    if username.is_empty() || username.contains(':') {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "username must be non-empty and contain no ':'", None, None);
+    }
+    if app_password.trim().is_empty() {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "app_password must not be empty", None, None);
+    }
+    let json = serde_json::to_vec(&WpCreds { username: username.into(), app_password: app_password.into() }).expect("json");
+    store(org, WP_KIND, &normalize_site(site_url), &json)
+}
+
+/// Service role only.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn get_wordpress_credentials(
+    org_id: Uuid,
+    site_url: &str,
+) -> TableIterator<'static, (name!(username, String), name!(app_password, String))> {
+    TableIterator::new(wp_load(org_id, site_url).map(|c| (c.username, c.app_password)))
+}
+
+/// Service role only: the ready `Authorization` header value for the WordPress REST API.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn wordpress_authorization(org_id: Uuid, site_url: &str) -> Option<String> {
+    use base64::Engine;
+    wp_load(org_id, site_url).map(|c| {
+        // WordPress shows application passwords in groups of four with spaces; both forms work.
+        let pair = format!("{}:{}", c.username, c.app_password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    })
+}
