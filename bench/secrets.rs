@@ -57,21 +57,21 @@ fn main() {
     let get = svc.prepare("SELECT tenant_guard.get_secret($1::text::uuid, 'bench', $2)").unwrap();
     let pgp = svc.prepare("SELECT pgp_sym_decrypt(ct, 'bench-key') FROM pgp WHERE n = $1").unwrap();
     let cbc = svc.prepare("SELECT decrypt(ct, 'bench-key-0123456789abcdef01234', 'aes') FROM cbc WHERE n = $1").unwrap();
-    let (rounds, per) = if quick { (3, 100) } else { (9, 500) };
+    let (rounds, per): (usize, i32) = if quick { (3, 100) } else { (9, 500) };
     let mut s: [Vec<f64>; 3] = Default::default();
     for _ in 0..rounds {
         let t = Instant::now();
-        for i in 0..per as i32 {
+        for i in 0..per {
             svc.query_one(&get, &[&org, &(1 + i % N).to_string()]).unwrap();
         }
         s[0].push(t.elapsed().as_secs_f64() / per as f64);
         let t = Instant::now();
-        for i in 0..per as i32 {
+        for i in 0..per {
             svc.query_one(&pgp, &[&(1 + i % N)]).unwrap();
         }
         s[1].push(t.elapsed().as_secs_f64() / per as f64);
         let t = Instant::now();
-        for i in 0..per as i32 {
+        for i in 0..per {
             svc.query_one(&cbc, &[&(1 + i % N)]).unwrap();
         }
         s[2].push(t.elapsed().as_secs_f64() / per as f64);

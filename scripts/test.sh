@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of tenant_guard: (1) plain `cargo test` of the pure-Rust
-# crate (core/) and the extension's own unit tests, (2) the in-database
-# #[pg_test]s, (3) the black-box tests in tests/ against a throwaway cluster
+# crate (core/), (2) the extension crate's tests under `cargo pgrx test`:
+# its #[pg_test]s in a throwaway server, beside the modules they test, and
+# its plain unit tests, (3) the black-box tests in tests/ against a throwaway cluster
 # with the extension preloaded, (4) a bounded fuzzing run of every parser of
 # untrusted input.
 # Usage: scripts/test.sh        (as root or a sudoer, on Debian 12)
@@ -20,13 +21,11 @@ trap 'rm -f "$log"' EXIT
 
 echo "== 1/4 pure-Rust unit tests"
 cargo test -p tenant_guard_core 2>&1 | tee -a "$log"
-cargo test --lib -p tenant_guard 2>&1 | tee -a "$log"
 
-echo "== 2/4 in-database tests (cargo pgrx test)"
+echo "== 2/4 the extension crate's tests, in-database ones included (cargo pgrx test)"
 pgdata=/tmp/tenant_guard_pgrx_test
 rm -rf "$pgdata"
-# Only the #[pg_test]s here (named tests::pg_*); layer 1 ran the pure ones.
-cargo pgrx test pg15 ::pg_ --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
+cargo pgrx test pg15 --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
 
 echo "== 3/4 black-box tests against a real cluster"
 # Install the regular (non-test) build into the system PostgreSQL.

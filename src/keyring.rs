@@ -21,12 +21,9 @@ pub fn old() -> Vec<Rc<KeySet>> {
     if let Some(v) = OLD.with(|c| c.borrow().as_ref().filter(|(g, _)| *g == gen).map(|(_, v)| v.clone())) {
         return v;
     }
-    let list = unsafe { settings::raw_value(&settings::OLD_PASSPHRASES) }.unwrap_or(b"");
-    let v: Vec<Rc<KeySet>> = crate::kdf::split_old_passphrases(list)
-        .iter()
-        .filter_map(|p| KeySet::derive(p).ok())
-        .map(Rc::new)
-        .collect();
+    let v: Vec<Rc<KeySet>> = settings::with_value(&settings::OLD_PASSPHRASES, |list| {
+        crate::kdf::split_old_passphrases(list.unwrap_or(b"")).iter().filter_map(|p| KeySet::derive(p).ok()).map(Rc::new).collect()
+    });
     OLD.with(|c| *c.borrow_mut() = Some((gen, v.clone())));
     v
 }
@@ -38,10 +35,7 @@ pub fn current() -> Rc<KeySet> {
     if let Some(k) = CURRENT.with(|c| c.borrow().as_ref().filter(|(g, _)| *g == gen).map(|(_, k)| k.clone())) {
         return k;
     }
-    let derived = {
-        let pass = unsafe { settings::raw_value(&settings::PASSPHRASE) }.unwrap_or(b"");
-        KeySet::derive(pass)
-    };
+    let derived = settings::with_value(&settings::PASSPHRASE, |pass| KeySet::derive(pass.unwrap_or(b"")));
     match derived {
         Ok(k) => {
             let k = Rc::new(k);
@@ -71,7 +65,10 @@ pub fn current() -> Rc<KeySet> {
 
 /// Run `f` with the JWT secret; raises when it is missing or too short.
 pub fn with_jwt_secret<R>(f: impl FnOnce(&[u8]) -> R) -> R {
-    let secret = unsafe { settings::raw_value(&settings::JWT_SECRET) }.unwrap_or(b"");
+    settings::with_value(&settings::JWT_SECRET, |secret| checked_jwt_secret(secret.unwrap_or(b""), f))
+}
+
+fn checked_jwt_secret<R>(secret: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     if secret.is_empty() {
         crate::pg::errors::hide_statement_from_log();
         raise(

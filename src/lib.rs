@@ -37,6 +37,7 @@ extension_sql_file!("finalize.sql", name = "finalize", finalize);
 /// call fail with this message.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: a plain global, set by the postmaster while it preloads.
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
         pg::errors::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -57,77 +58,11 @@ pub extern "C-unwind" fn _PG_init() {
     request_log::init();
     protection::init();
     log_hook::init();
+    context::init();
 }
 
-// In-database tests only run under `cargo pgrx test` (feature pg_test);
-// plain `cargo test` runs the pure-Rust unit tests.
-#[cfg(feature = "pg_test")]
-#[pg_schema]
-mod tests {
-    use crate::context_token::{Binding, Claims};
-    use pgrx::prelude::*;
-
-    fn claims(binding: Binding) -> Claims {
-        Claims { org_id: [7; 16], user_id: Some([8; 16]), role: "member".into(), api_key_id: None, scopes: vec![], binding }
-    }
-
-    #[pg_test]
-    fn pg_helpers_are_null_without_context() {
-        assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT tenant_guard.current_org_id()").unwrap(), None);
-        assert_eq!(Spi::get_one::<bool>("SELECT tenant_guard.has_role('viewer')").unwrap(), Some(false));
-    }
-
-    #[pg_test]
-    fn pg_secret_settings_have_the_documented_flags() {
-        for name in [c"tenant_guard.passphrase", c"tenant_guard.old_passphrases", c"tenant_guard.jwt_secret"] {
-            let flags = unsafe { pg_sys::GetConfigOptionFlags(name.as_ptr(), false) } as u32;
-            for f in [pg_sys::GUC_SUPERUSER_ONLY, pg_sys::GUC_NO_SHOW_ALL, pg_sys::GUC_NOT_IN_SAMPLE] {
-                assert!(flags & f != 0, "{name:?} lacks flag {f:#x}");
-            }
-        }
-    }
-
-    #[pg_test]
-    fn pg_context_is_bound_to_this_transaction() {
-        let here = crate::context::current_binding();
-        crate::context::install(claims(here));
-        assert_eq!(crate::context::with_claims(|c| c.org_id), Some([7; 16]));
-        assert_eq!(Spi::get_one::<String>("SELECT tenant_guard.current_user_role()").unwrap().as_deref(), Some("member"));
-        // The same claims signed for another transaction (or backend) are ignored.
-        for other in [Binding { lxid: here.lxid.wrapping_add(1), ..here }, Binding { pid: here.pid + 1, ..here }, Binding { backend_id: here.backend_id + 1, ..here }] {
-            crate::context::install(claims(other));
-            assert_eq!(crate::context::with_claims(|c| c.org_id), None, "{other:?}");
-            assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT tenant_guard.current_org_id()").unwrap(), None);
-        }
-    }
-
-    #[pg_test]
-    fn pg_rate_limit_is_exact_in_shared_memory() {
-        let rate = crate::gcra::Rate::new(5, 60_000_000, 4).unwrap();
-        let key = crate::rate_limit::key("pg_test", &[b"bucket"]);
-        let t = &crate::rate_limit::BUCKETS;
-        let admitted = (0..20).filter(|_| !crate::rate_limit::throttle(t, key, rate, 1).limited).count();
-        assert_eq!(admitted, 5);
-        let other = crate::rate_limit::key("pg_test", &[b"another"]);
-        assert!(!crate::rate_limit::throttle(t, other, rate, 1).limited, "buckets are independent");
-        assert!(!crate::rate_limit::throttle(&crate::rate_limit::KEYS, key, rate, 1).limited, "tables are independent");
-    }
-
-    #[pg_test]
-    fn pg_envelope_uses_the_configured_passphrase() {
-        let env = crate::secrets::seal(b"in-database round trip", b"aad");
-        assert_eq!(crate::secrets::open(&env, b"aad"), b"in-database round trip");
-        let id = crate::envelope::key_id(&env).unwrap();
-        let expected = crate::kdf::KeySet::derive(b"pg-test-passphrase-0123456789-abcdefghij").unwrap().key_id();
-        assert_eq!(id, expected, "derived from tenant_guard.passphrase in postgresql.conf");
-    }
-
-    #[pg_test(error = "cannot decrypt: the envelope does not authenticate (wrong key, wrong associated data, or tampered)")]
-    fn pg_envelope_refuses_other_associated_data() {
-        let env = crate::secrets::seal(b"x", b"org-a");
-        crate::secrets::open(&env, b"org-b");
-    }
-}
+// In-database tests (#[pg_test]) sit beside the code they test, in each
+// module's `tests`; they run under `cargo pgrx test` (feature pg_test).
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -653,7 +653,8 @@ fn keys_and_secrets_stay_out_of_logged_parameters_and_plans() {
     assert_eq!(flat.matches(&decimal("CONTROLPLANMARKER")).count(), 1, "only the superuser's control plan is dumped");
     assert_eq!(log.matches("LOG:  plan:").count(), 1, "only the superuser's control plan is dumped");
     assert!(log.contains("duration:"), "control: durations are logged");
-    assert!(log.contains(&key[..12]), "the display prefix may stay");
+    // (The display prefix may stay; literals in calls of tenant_guard's
+    // key-taking functions are masked whole.)
     for (what, needle) in [
         ("key", key[12..].to_string()),
         ("key as plan bytes", decimal(&key[4..16])),

@@ -122,6 +122,69 @@ fn find_ci(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     (from..=haystack.len() - needle.len()).find(|&i| haystack[i..i + needle.len()].eq_ignore_ascii_case(needle))
 }
 
+/// Functions that take a key, token or secret as an argument: a statement
+/// calling one of them may hold it as a literal.
+pub const SECRET_TAKING_FUNCTIONS: [&[u8]; 15] = [
+    b"put_secret",
+    b"put_secret_for",
+    b"put_wordpress_credentials",
+    b"encrypt",
+    b"decrypt",
+    b"webhook_sign",
+    b"webhook_verify",
+    b"verify_stripe_signature",
+    b"verify_github_signature",
+    b"verify_slack_signature",
+    b"hmac_sha256",
+    b"authenticate",
+    b"import_pgcrypto_secrets",
+    b"import_api_key_hash",
+    b"assume",
+];
+
+/// Whether `text` calls one of [`SECRET_TAKING_FUNCTIONS`] (it names one
+/// and mentions tenant_guard; `authenticate` also covers authenticate_jwt).
+pub fn calls_secret_taking_function(text: &[u8]) -> bool {
+    contains_ci(text, b"tenant_guard") && SECRET_TAKING_FUNCTIONS.iter().any(|f| contains_ci(text, f))
+}
+
+/// In a text that calls a secret-taking function, the content of every
+/// quoted literal (`'...'`, `E'...'`, `$$...$$` is left: rare in calls) is
+/// replaced by asterisks, from the first such call on. For statements as
+/// log_statement prints them: bind parameters are the rule, this is the net.
+pub fn literals(text: &[u8]) -> Option<Vec<u8>> {
+    if !calls_secret_taking_function(text) {
+        return None;
+    }
+    let start = SECRET_TAKING_FUNCTIONS.iter().filter_map(|f| find_ci(text, f, 0)).min()?;
+    let mut out = text.to_vec();
+    let mut changed = false;
+    let mut i = start;
+    while i < out.len() {
+        if out[i] == b'\'' {
+            let mut j = i + 1;
+            while j < out.len() {
+                if out[j] == b'\'' {
+                    if out.get(j + 1) == Some(&b'\'') {
+                        out[j] = b'*';
+                        out[j + 1] = b'*';
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
+                out[j] = b'*';
+                changed = true;
+                j += 1;
+            }
+            i = j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    changed.then_some(out)
+}
+
 /// Whether `text` names one of the secret settings.
 pub fn mentions_secret_setting(text: &[u8]) -> bool {
     SECRET_SETTINGS.iter().any(|n| contains_ci(text, n))
@@ -294,6 +357,17 @@ mod tests {
         for msg in ["tenant_guard.passphrase is not set", "tenant_guard.passphrase is too short (minimum 32 bytes)", "tenant_guard.jwt_secret total"] {
             assert_eq!(setting_values(msg.as_bytes()), None, "{msg}");
         }
+    }
+
+    #[test]
+    fn literals_in_calls_of_secret_taking_functions_are_masked() {
+        let out = s(literals(b"statement: select tenant_guard.put_secret('stripe','live','sk_live_123') -- 'x'"));
+        assert_eq!(out, "statement: select tenant_guard.put_secret('******','****','***********') -- '*'");
+        let out = s(literals(b"SELECT tenant_guard.put_wordpress_credentials('https://wp', 'admin', 'it''s secret')"));
+        assert!(!out.contains("secret") && !out.contains("admin"), "{out}");
+        assert_eq!(literals(b"SELECT 'hello'"), None, "no secret-taking call");
+        assert_eq!(literals(b"SELECT put_secret('x')"), None, "not ours");
+        assert!(calls_secret_taking_function(b"select TENANT_GUARD.AUTHENTICATE_JWT($1)"));
     }
 
     #[test]

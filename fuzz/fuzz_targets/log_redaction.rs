@@ -8,6 +8,7 @@ fuzz_target!(|data: &[u8]| {
     for out in [
         redact::secrets(data),
         redact::parameters(data),
+        redact::literals(data),
         redact::setting_values(data),
         redact::known_values(data, &[b"SECRETVALUE", b"another-secret"]),
     ]

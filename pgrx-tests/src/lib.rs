@@ -85,6 +85,7 @@ extern "C" fn stop_all() {
 }
 
 fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { geteuid() == 0 }
 }
 
@@ -189,6 +190,7 @@ impl Cluster {
         {
             let mut list = CLUSTERS.lock().unwrap();
             if list.is_empty() {
+                // SAFETY: registers a plain extern "C" function once per process.
                 unsafe { atexit(stop_all) };
             }
             list.push((bindir.clone(), datadir.clone()));

@@ -33,10 +33,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM tenant_guard.require_role('admin');
-    IF tenant_guard.current_api_key_id() IS NOT NULL THEN
-        RAISE EXCEPTION 'API keys cannot be managed from an API key context' USING ERRCODE = '42501';
-    END IF;
+    PERFORM tenant_guard._require_user_role('admin');
     UPDATE tenant_guard.api_keys k SET revoked_at = coalesce(k.revoked_at, now())
      WHERE k.id = revoke_api_key.key_id AND k.org_id = tenant_guard.current_org_id();
     IF NOT FOUND THEN

@@ -122,7 +122,8 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
         fail(Outcome::Revoked, Some(org), Some(id));
     }
     let rate = Rate::new(row.rpm as i64, 60_000_000, (row.rpm as i64 - 1).max(0)).expect("rate_limit_per_minute > 0");
-    let d = rate_limit::throttle(&rate_limit::KEYS, rate_limit::key("apikey", &[&id]), rate, 1);
+    let owner = rate_limit::owner(crate::pg::database_id(), Some(org));
+    let d = rate_limit::throttle(&rate_limit::KEYS, rate_limit::key("apikey", &[&id]), owner, rate, 1);
     if d.limited {
         request_log::record(Outcome::RateLimited, Some(org), Some(id), action, addr.as_deref());
         let ms = (d.retry_after.max(0) + 999) / 1000;
@@ -146,21 +147,12 @@ fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), c
     row.org
 }
 
-/// Key management needs a *user* context of rank admin or higher: an API
-/// key must not mint keys (broader scopes, longer life, surviving its revocation).
-/// The rank is the one the latest committed membership gives (context::rank_now).
+/// Key management needs a signed-in user of rank admin or higher, as the
+/// latest committed membership has it (context::_require_user_role).
 fn require_admin() -> ([u8; 16], Option<[u8; 16]>, u8) {
-    let ctx = context::with_claims(|c| (c.org_id, c.user_id, c.api_key_id.is_some()));
-    match ctx {
-        Some((_, _, true)) => {
-            raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "API keys cannot be managed from an API key context", None, None)
-        }
-        Some((org, user, false)) => match context::rank_now() {
-            Some(rank) if rank >= roles::ADMIN => (org, user, rank),
-            _ => raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing API keys needs role admin or higher", None, None),
-        },
-        None => raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing API keys needs role admin or higher", None, None),
-    }
+    context::_require_user_role(Some("admin"));
+    let (org, user) = context::with_claims(|c| (c.org_id, c.user_id)).expect("checked above");
+    (org, user, context::rank_now().expect("checked above"))
 }
 
 fn check_role(role: &str, my_rank: u8) {
@@ -177,6 +169,7 @@ fn new_key() -> String {
     api_key_format::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None))
 }
 
+#[allow(clippy::too_many_arguments)] // one per column written
 fn insert_key(
     org: [u8; 16],
     name: &str,
@@ -310,6 +303,7 @@ fn rotate_api_key(
 /// bytes) so keys issued by a previous system keep working unchanged.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)] // the SQL signature's
 fn import_api_key_hash(
     org_id: Option<Uuid>,
     name: Option<&str>,

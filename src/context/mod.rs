@@ -23,7 +23,7 @@ pgrx::extension_sql_file!(
     name = "context",
     requires = [
         current_org_id, current_org_id_if, current_user_id, current_user_role, current_api_key_id, current_scopes,
-        has_role, require_role, has_scope, require_scope, clear_context, authenticate_jwt, assume
+        has_role, require_role, has_scope, require_scope, clear_context, authenticate_jwt, assume, _require_user_role
     ]
 );
 
@@ -40,6 +40,8 @@ thread_local! {
 /// The transaction a context belongs to: the parallel leader's (or our own)
 /// pid, backend id and local transaction id.
 pub fn current_binding() -> Binding {
+    // SAFETY: MyProc is this backend's PGPROC, valid for its whole life; a
+    // lock group leader's PGPROC stays valid while its workers run.
     unsafe {
         let me = pg_sys::MyProc;
         let leader = if (*me).lockGroupLeader.is_null() { me } else { (*me).lockGroupLeader };
@@ -50,25 +52,104 @@ pub fn current_binding() -> Binding {
 /// Run `f` on the verified claims of the current context, or return None
 /// when there is none (or it is not valid here and now).
 pub fn with_claims<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
-    let raw = unsafe { settings::raw_value(&settings::CONTEXT) }?;
-    if raw.is_empty() {
-        return None;
-    }
     let generation = settings::key_generation();
+    // Refresh the cache from the setting: verify a token once per distinct value.
+    settings::with_value(&settings::CONTEXT, |raw| {
+        let raw = raw.filter(|r| !r.is_empty())?;
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let hit = matches!(&*cache, Some(c) if c.generation == generation && c.token == raw);
+            if !hit {
+                let key = keyring::current();
+                let claims = std::str::from_utf8(raw).ok().and_then(|t| context_token::decode(t, key.subkey(Purpose::Context)).ok());
+                *cache = Some(Cached { token: raw.to_vec(), generation, claims });
+            }
+        });
+        Some(())
+    })?;
     CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let hit = matches!(&*cache, Some(c) if c.generation == generation && c.token == raw);
-        if !hit {
-            let key = keyring::current();
-            let claims = std::str::from_utf8(raw).ok().and_then(|t| context_token::decode(t, key.subkey(Purpose::Context)).ok());
-            *cache = Some(Cached { token: raw.to_vec(), generation, claims });
-        }
+        let cache = cache.borrow();
         let claims = cache.as_ref()?.claims.as_ref()?;
         if claims.binding != current_binding() {
             return None;
         }
         Some(f(claims))
     })
+}
+
+// ---------------------------------------------------------------- freshness
+
+/// When the context's membership (or key) was last re-read: for which
+/// token, in which top-level statement, at what time.
+struct Checked {
+    token: Vec<u8>,
+    statement: i64,
+    at: i64,
+}
+
+thread_local! {
+    static CHECKED: RefCell<Option<Checked>> = const { RefCell::new(None) };
+}
+
+/// How often a long statement (a DO loop, a procedure) re-reads the membership.
+const RECHECK_US: i64 = 10_000;
+
+static PREV_EXECUTOR_START: std::sync::OnceLock<pg_sys::ExecutorStart_hook_type> = std::sync::OnceLock::new();
+
+/// Install the ExecutorStart hook (from _PG_init, in the postmaster).
+pub fn init() {
+    // SAFETY: _PG_init runs once per process before any query; the hook is
+    // a plain global pointer, chained to whatever was there.
+    let prev = unsafe { pg_sys::ExecutorStart_hook };
+    if PREV_EXECUTOR_START.set(prev).is_ok() {
+        // SAFETY: as above.
+        unsafe { pg_sys::ExecutorStart_hook = Some(executor_start) };
+    }
+}
+
+/// Before every query: bring the context in line with the latest committed
+/// state, so the row-level security helpers (which trust the context, being
+/// evaluated per scan or per row) never act on a membership or key that
+/// has been removed, demoted or revoked since the context was made. A
+/// removed member's (or revoked key's) context is cleared; a demoted
+/// member's is re-signed with the new role. Parallel workers inherit the
+/// refreshed setting from their leader, which runs this first.
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    refresh();
+    match PREV_EXECUTOR_START.get().copied().flatten() {
+        // SAFETY: the previous hook or the standard function, called as
+        // PostgreSQL would have, with its own arguments.
+        Some(prev) => unsafe { prev(query_desc, eflags) },
+        None => unsafe { pg_sys::standard_ExecutorStart(query_desc, eflags) },
+    }
+}
+
+fn refresh() {
+    // SAFETY: plain reads of transaction state.
+    let (parallel, statement) = unsafe { (pg_sys::IsInParallelMode(), pg_sys::GetCurrentStatementStartTimestamp()) };
+    if parallel {
+        return;
+    }
+    let now = crate::pg::clock::now_us();
+    let token = settings::with_value(&settings::CONTEXT, |raw| raw.filter(|r| !r.is_empty()).map(<[u8]>::to_vec));
+    let Some(token) = token else { return };
+    let fresh = CHECKED.with(|c| matches!(&*c.borrow(), Some(k) if k.token == token && k.statement == statement && now - k.at < RECHECK_US));
+    if fresh {
+        return;
+    }
+    let Some(claims) = with_claims(Claims::clone) else { return };
+    let signed = roles::rank(&claims.role).unwrap_or(0);
+    match rank_now() {
+        None => clear_context(),
+        Some(r) if r < signed => {
+            let role = roles::ROLES.iter().find(|(_, rank)| *rank == r).map(|(n, _)| n.to_string()).unwrap_or_default();
+            install(Claims { role, ..claims });
+        }
+        Some(_) => {}
+    }
+    let token = settings::with_value(&settings::CONTEXT, |raw| raw.unwrap_or(b"").to_vec());
+    CHECKED.with(|c| *c.borrow_mut() = Some(Checked { token, statement, at: now }));
 }
 
 /// Sign `claims` and install them as the context until the end of the transaction.
@@ -182,6 +263,31 @@ pub fn require_role(min_role: Option<&str>) {
     }
 }
 
+/// Internal: raise 42501 unless the context is a *signed-in user* (not an
+/// API key, not no context) whose role, as committed now, ranks at least
+/// `min_role`. The one rule behind everything that manages members, API keys
+/// and webhook endpoints: an API key must not mint keys, add members or
+/// point the org's events somewhere (what it made would outlive it).
+#[pg_extern(stable, parallel_safe)]
+pub fn _require_user_role(min_role: Option<&str>) {
+    require_known_role(min_role);
+    match with_claims(|c| c.user_id.is_some()) {
+        Some(false) => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "this needs a signed-in user, not an API key",
+            Some("Members, API keys and webhook endpoints are managed by a signed-in user only."),
+            None,
+        ),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("this action needs role {} or higher", min_role.map(echo).unwrap_or_default()),
+            Some("There is no request context in this transaction."),
+            None,
+        ),
+        Some(true) => require_role(min_role),
+    }
+}
+
 /// True when the context carries `scope` (API keys); false without a context
 /// or for user contexts, which carry no scopes.
 #[pg_extern(stable, parallel_safe)]
@@ -234,11 +340,9 @@ pub fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn authenticate_jwt(token: Option<&str>) -> Uuid {
     let token = token.unwrap_or("");
-    let (aud, iss) = unsafe { (settings::raw_value(&settings::JWT_AUDIENCE), settings::raw_value(&settings::JWT_ISSUER)) };
-    let expect = crate::jwt::Expect {
-        audience: aud.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
-        issuer: iss.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()),
-    };
+    let text = |v: Option<&[u8]>| v.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()).map(str::to_owned);
+    let (aud, iss) = (settings::with_value(&settings::JWT_AUDIENCE, text), settings::with_value(&settings::JWT_ISSUER, text));
+    let expect = crate::jwt::Expect { audience: aud.as_deref(), issuer: iss.as_deref() };
     let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify_expecting(token, secret, crate::pg::clock::unix_secs(), expect));
     let claims = match claims {
         Ok(c) => c,
@@ -292,4 +396,39 @@ pub fn assume(org_id: Option<Uuid>, user_id: Option<Uuid>) -> String {
     };
     install(Claims { org_id: org, user_id: Some(user), role: role.clone(), api_key_id: None, scopes: vec![], binding: current_binding() });
     role
+}
+
+#[cfg(feature = "pg_test")]
+#[pg_schema]
+mod tests {
+    use crate::context_token::{Binding, Claims};
+    use pgrx::prelude::*;
+
+    fn claims(binding: Binding) -> Claims {
+        Claims { org_id: [7; 16], user_id: Some([8; 16]), role: "member".into(), api_key_id: None, scopes: vec![], binding }
+    }
+
+    #[pg_test]
+    fn helpers_are_null_or_false_without_a_context() {
+        assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT tenant_guard.current_org_id()").unwrap(), None);
+        assert_eq!(Spi::get_one::<bool>("SELECT tenant_guard.has_role('viewer')").unwrap(), Some(false));
+    }
+
+    #[pg_test]
+    fn a_context_is_bound_to_its_transaction() {
+        let here = crate::context::current_binding();
+        crate::context::install(claims(here));
+        assert_eq!(crate::context::with_claims(|c| c.org_id), Some([7; 16]));
+        assert_eq!(Spi::get_one::<String>("SELECT tenant_guard.current_user_role()").unwrap().as_deref(), Some("member"));
+        // The same claims signed for another transaction (or backend) are ignored.
+        for other in [
+            Binding { lxid: here.lxid.wrapping_add(1), ..here },
+            Binding { pid: here.pid + 1, ..here },
+            Binding { backend_id: here.backend_id + 1, ..here },
+        ] {
+            crate::context::install(claims(other));
+            assert_eq!(crate::context::with_claims(|c| c.org_id), None, "{other:?}");
+            assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT tenant_guard.current_org_id()").unwrap(), None);
+        }
+    }
 }

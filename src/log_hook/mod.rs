@@ -41,10 +41,13 @@ pub fn init() {
 }
 
 unsafe extern "C-unwind" fn hook(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: PostgreSQL passes the ErrorData being emitted, valid and not
+    // used by anything else for the duration of the hook.
+    let e = unsafe { &mut *edata };
     // A panic here would turn into an error while reporting an error; and a
     // half-scrubbed message is not written to the server log at all.
-    if std::panic::catch_unwind(|| unsafe { scrub(edata) }).is_err() {
-        unsafe { (*edata).output_to_server = false };
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scrub(e))).is_err() {
+        e.output_to_server = false;
     }
     if let Some(Some(prev)) = PREV.get() {
         // SAFETY: the previous hook, called as PostgreSQL would have.
@@ -52,69 +55,60 @@ unsafe extern "C-unwind" fn hook(edata: *mut pg_sys::ErrorData) {
     }
 }
 
-unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
-    if p.is_null() {
-        None
-    } else {
-        Some(unsafe { CStr::from_ptr(p) }.to_bytes())
-    }
+/// A message field (or NULL) as bytes.
+fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
+    // SAFETY: every string field of an ErrorData, and debug_query_string,
+    // is NULL or NUL-terminated, and lives while the message is emitted.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
-/// Write `new` over the string at `field`. redact.rs never lengthens a text,
-/// so it fits the original allocation: no PostgreSQL memory is allocated or
-/// freed (which could raise while an error is being reported). The rewritten
-/// text itself is built in Rust memory.
-unsafe fn overwrite(field: *mut c_char, old_len: usize, new: &[u8]) {
-    if new.len() > old_len || new.contains(&0) {
+/// Write `new` over the string at `field`. log_redaction never lengthens a
+/// text, so it fits the original allocation: no PostgreSQL memory is
+/// allocated or freed (which could raise while an error is being reported).
+/// The rewritten text itself is built in Rust memory.
+fn overwrite(field: *mut c_char, old_len: usize, new: &[u8]) {
+    if field.is_null() || new.len() > old_len || new.contains(&0) {
         return;
     }
+    // SAFETY: `field` holds `old_len` bytes and a NUL; `new` and its NUL fit.
     unsafe {
         std::ptr::copy_nonoverlapping(new.as_ptr(), field.cast::<u8>(), new.len());
         *field.add(new.len()) = 0;
     }
 }
 
-unsafe fn scrub(edata: *mut pg_sys::ErrorData) {
-    let e = unsafe { &mut *edata };
-    let stmt = unsafe { bytes(pg_sys::debug_query_string) }.unwrap_or(b"");
+type Step<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
+
+fn scrub(e: &mut pg_sys::ErrorData) {
+    // SAFETY: a plain global read (the statement being run, or NULL).
+    let stmt = bytes(unsafe { pg_sys::debug_query_string }).unwrap_or(b"");
     // debug_print_parse/_rewritten/_plan dumps print bound values (keys,
     // secrets) as constants, as decimal bytes no pattern can recognise, and
     // any role may turn them on for itself: not written for non-superuser
     // sessions, nor for any statement that mentions tenant_guard.
     let ours = log_redaction::contains_ci(stmt, b"tenant_guard");
-    if let Some(m) = unsafe { bytes(e.message) } {
-        if matches!(m, b"parse tree:" | b"rewritten parse tree:" | b"plan:") && (ours || !unsafe { pg_sys::session_auth_is_superuser }) {
+    // SAFETY: a plain global read.
+    let superuser = unsafe { pg_sys::session_auth_is_superuser };
+    if let Some(m) = bytes(e.message) {
+        if matches!(m, b"parse tree:" | b"rewritten parse tree:" | b"plan:") && (ours || !superuser) {
             e.output_to_server = false;
             e.output_to_client = false;
             return;
         }
     }
-    let values = secret_values();
-    let values: Vec<&[u8]> = values.iter().flatten().copied().collect();
-    if log_redaction::has_secret(stmt) || log_redaction::mentions_secret_setting(stmt) || log_redaction::contains_value(stmt, &values) {
-        e.hide_stmt = true;
-    }
-    for field in [e.message, e.detail, e.detail_log, e.hint, e.context, e.internalquery] {
-        let Some(old) = (unsafe { bytes(field) }) else { continue };
-        let mut cur: Option<Vec<u8>> = None;
-        let steps: [&dyn Fn(&[u8]) -> Option<Vec<u8>>; 4] = [
-            &log_redaction::secrets,
-            &|t| if ours { log_redaction::parameters(t) } else { None },
-            &log_redaction::setting_values,
-            &|t| log_redaction::known_values(t, &values),
-        ];
-        for step in steps {
-            if let Some(next) = step(cur.as_deref().unwrap_or(old)) {
-                cur = Some(next);
-            }
-        }
-        if let Some(new) = cur {
-            unsafe { overwrite(field, old.len(), &new) };
-        }
-    }
+    use crate::pg::settings::{with_value, JWT_SECRET, OLD_PASSPHRASES, PASSPHRASE};
+    with_value(&PASSPHRASE, |p| {
+        with_value(&JWT_SECRET, |j| {
+            with_value(&OLD_PASSPHRASES, |old| {
+                let mut values: Vec<&[u8]> = [p, j].into_iter().flatten().collect();
+                values.extend(old.into_iter().flat_map(|o| o.split(|&b| b == b',')).map(<[u8]>::trim_ascii));
+                rewrite(e, stmt, ours, &values)
+            })
+        })
+    });
     // Rust source paths (a dependency's is the build machine's) are not
     // shown: only the file name.
-    if let Some(f) = unsafe { bytes(e.filename) } {
+    if let Some(f) = bytes(e.filename) {
         if f.ends_with(b".rs") {
             if let Some(slash) = f.iter().rposition(|&b| b == b'/') {
                 // SAFETY: a pointer into the same NUL-terminated string.
@@ -124,20 +118,31 @@ unsafe fn scrub(edata: *mut pg_sys::ErrorData) {
     }
 }
 
-/// The secret settings' current values (each old passphrase on its own).
-fn secret_values() -> [Option<&'static [u8]>; 10] {
-    let mut out = [None; 10];
-    // SAFETY: the values are only read during this call, and no setting
-    // changes while a message is being emitted.
-    let (p, old, j) = unsafe {
-        (crate::pg::settings::raw_value(&crate::pg::settings::PASSPHRASE), crate::pg::settings::raw_value(&crate::pg::settings::OLD_PASSPHRASES), crate::pg::settings::raw_value(&crate::pg::settings::JWT_SECRET))
-    };
-    out[0] = p;
-    out[1] = j;
-    if let Some(old) = old {
-        for (slot, v) in out[2..].iter_mut().zip(old.split(|&b| b == b',')) {
-            *slot = Some(v.trim_ascii());
+fn rewrite(e: &mut pg_sys::ErrorData, stmt: &[u8], ours: bool, values: &[&[u8]]) {
+    if log_redaction::has_secret(stmt)
+        || log_redaction::mentions_secret_setting(stmt)
+        || log_redaction::calls_secret_taking_function(stmt)
+        || log_redaction::contains_value(stmt, values)
+    {
+        e.hide_stmt = true;
+    }
+    for field in [e.message, e.detail, e.detail_log, e.hint, e.context, e.internalquery] {
+        let Some(old) = bytes(field) else { continue };
+        let mut cur: Option<Vec<u8>> = None;
+        let steps: [Step; 5] = [
+            &log_redaction::secrets,
+            &log_redaction::literals,
+            &|t| if ours { log_redaction::parameters(t) } else { None },
+            &log_redaction::setting_values,
+            &|t| log_redaction::known_values(t, values),
+        ];
+        for step in steps {
+            if let Some(next) = step(cur.as_deref().unwrap_or(old)) {
+                cur = Some(next);
+            }
+        }
+        if let Some(new) = cur {
+            overwrite(field, old.len(), &new);
         }
     }
-    out
 }

@@ -72,10 +72,7 @@ DECLARE
     target_rank int;
     wanted_rank int;
 BEGIN
-    PERFORM tenant_guard.require_role('admin');
-    IF me IS NULL THEN
-        RAISE EXCEPTION 'membership changes need a user context, not an API key' USING ERRCODE = '42501';
-    END IF;
+    PERFORM tenant_guard._require_user_role('admin');
     IF target IS NULL THEN
         RAISE EXCEPTION 'user_id must not be NULL' USING ERRCODE = '22004';
     END IF;

@@ -56,6 +56,7 @@ fn broken(what: &str) -> ! {
 }
 
 fn relid(nsp: Oid, name: &CStr) -> Oid {
+    // SAFETY: a catalog lookup by name; `name` is NUL-terminated.
     let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), nsp) };
     if oid == pg_sys::InvalidOid {
         broken(&format!("relation tenant_guard.{} is missing", name.to_string_lossy()));
@@ -142,8 +143,10 @@ struct NoStats {
 
 impl NoStats {
     unsafe fn new(rels: [pg_sys::Relation; 2]) -> NoStats {
+        // SAFETY: the caller passes open relations.
         let saved = rels.map(|r| unsafe { (r, (*r).pgstat_enabled, (*r).pgstat_info) });
         for r in rels {
+            // SAFETY: as above; the saved values are put back on drop.
             unsafe {
                 (*r).pgstat_enabled = false;
                 (*r).pgstat_info = std::ptr::null_mut();
@@ -156,6 +159,8 @@ impl NoStats {
 impl Drop for NoStats {
     fn drop(&mut self) {
         for (r, enabled, info) in self.saved {
+            // SAFETY: the relations are still open: NoStats lives inside
+            // scan_latest, which runs while they are.
             unsafe {
                 (*r).pgstat_enabled = enabled;
                 (*r).pgstat_info = info;
@@ -174,6 +179,8 @@ impl Row {
     /// The value of `column`, of SQL type `typ`, copied out of the buffer
     /// (so it outlives the row).
     pub fn get<T: FromDatum>(&self, column: &CStr, typ: pg_sys::PgBuiltInOids) -> Option<T> {
+        // SAFETY: the slot holds the fetched tuple while the Row exists, and
+        // attnum checked the column has type `typ`, which T converts from.
         unsafe {
             let (d, isnull) = self.datum(column, typ);
             T::from_datum(d, isnull)
@@ -182,6 +189,7 @@ impl Row {
 
     /// A bytea column, copied in one go (pgrx's `Vec<u8>` copies byte by byte).
     pub fn bytes(&self, column: &CStr) -> Option<Vec<u8>> {
+        // SAFETY: as in get(); the bytes are copied out before the Row ends.
         unsafe {
             let (d, isnull) = self.datum(column, pg_sys::PgBuiltInOids::BYTEAOID);
             <&[u8]>::from_datum(d, isnull).map(<[u8]>::to_vec)
@@ -201,67 +209,114 @@ impl Row {
 /// pass it to `read`. `read` must only copy values out: it
 /// runs while a buffer is pinned.
 pub fn fetch_one<R>(table: &'static CStr, index: &'static CStr, keys: &[(&CStr, Key)], read: impl FnOnce(&Row) -> R) -> Option<R> {
+    // SAFETY: opens two relations by OID with AccessShareLock; both stay
+    // open (and locked) until closed at the end of this function.
+    let (heap, idx) = unsafe { open_pair(table, index) };
+    check_index(heap, idx, index, keys.len());
+    let scankeys: Vec<pg_sys::ScanKeyData> = keys.iter().enumerate().map(|(i, (column, key))| scan_key(heap, idx, index, i, column, key)).collect();
+    let out = scan_latest(heap, idx, scankeys, read);
+    // SAFETY: the relations were opened above and are not used after this.
+    // Locks are kept to the end of the transaction, as the executor does.
     unsafe {
-        let (heap, idx) = open_pair(table, index);
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+    out
+}
+
+/// The index must be the unique, valid, complete index on `n_keys` columns
+/// of `heap` that the caller expects, or the schema is broken.
+fn check_index(heap: pg_sys::Relation, idx: pg_sys::Relation, index: &CStr, n_keys: usize) {
+    // SAFETY: `idx` is an open index relation, so rd_index and rd_indextuple
+    // are its valid pg_index row; `heap` is an open relation.
+    let usable = unsafe {
         let form = (*idx).rd_index;
-        let usable = (*form).indisunique
+        (*form).indisunique
             && (*form).indisvalid
             && (*form).indisready
             && (*form).indislive
             && (*form).indrelid == (*heap).rd_id
-            && (*form).indnkeyatts as usize == keys.len()
-            && pg_sys::heap_attisnull((*idx).rd_indextuple, pg_sys::Anum_pg_index_indpred as i32, std::ptr::null_mut());
-        if !usable {
-            broken(&format!("{} is not the expected unique index", index.to_string_lossy()));
-        }
-        let indkey = (*form).indkey.values.as_slice(keys.len());
-        let mut scankeys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());
-        for (i, (column, key)) in keys.iter().enumerate() {
-            if indkey[i] != attnum(heap, column, key.type_oid()) {
-                broken(&format!("{} is not on the expected columns", index.to_string_lossy()));
-            }
-            let mut sk = std::mem::zeroed::<pg_sys::ScanKeyData>();
-            pg_sys::ScanKeyEntryInitialize(
-                &mut sk,
-                0,
-                (i + 1) as pg_sys::AttrNumber,
-                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                pg_sys::InvalidOid,
-                *(*idx).rd_indcollation.add(i),
-                key.eq_proc().into(),
-                key.datum(),
-            );
-            scankeys.push(sk);
-        }
-        // Detoasting values needs an active snapshot; the scan itself uses
-        // the latest one, so what it finds is what is committed now (plus
-        // this transaction's own changes), whatever the isolation level and
-        // whatever snapshot the caller imported (SET TRANSACTION SNAPSHOT):
-        // a revoked key must not come back through an old snapshot.
+            && (*form).indnkeyatts as usize == n_keys
+            && pg_sys::heap_attisnull((*idx).rd_indextuple, pg_sys::Anum_pg_index_indpred as i32, std::ptr::null_mut())
+    };
+    if !usable {
+        broken(&format!("{} is not the expected unique index", index.to_string_lossy()));
+    }
+}
+
+/// The scan key for the `i`-th index column, which must be `column`.
+fn scan_key(heap: pg_sys::Relation, idx: pg_sys::Relation, index: &CStr, i: usize, column: &CStr, key: &Key) -> pg_sys::ScanKeyData {
+    // SAFETY: `heap` is open; attnum only reads its tuple descriptor.
+    let want = unsafe { attnum(heap, column, key.type_oid()) };
+    // SAFETY: `idx` is an open index with at least i + 1 key columns (checked).
+    let (have, collation) = unsafe { ((*(*idx).rd_index).indkey.values.as_slice(i + 1)[i], *(*idx).rd_indcollation.add(i)) };
+    if have != want {
+        broken(&format!("{} is not on the expected columns", index.to_string_lossy()));
+    }
+    // SAFETY: ScanKeyData is a plain C struct, valid when zeroed, and fully
+    // initialized by ScanKeyEntryInitialize with a built-in equality function.
+    unsafe {
+        let mut sk = std::mem::zeroed::<pg_sys::ScanKeyData>();
+        pg_sys::ScanKeyEntryInitialize(
+            &mut sk,
+            0,
+            (i + 1) as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::InvalidOid,
+            collation,
+            key.eq_proc().into(),
+            key.datum(),
+        );
+        sk
+    }
+}
+
+/// Run the index scan with the latest snapshot and pass the first match to `read`.
+fn scan_latest<R>(heap: pg_sys::Relation, idx: pg_sys::Relation, mut scankeys: Vec<pg_sys::ScanKeyData>, read: impl FnOnce(&Row) -> R) -> Option<R> {
+    // Detoasting values needs an active snapshot; the scan itself uses
+    // the latest one, so what it finds is what is committed now (plus
+    // this transaction's own changes), whatever the isolation level and
+    // whatever snapshot the caller imported (SET TRANSACTION SNAPSHOT):
+    // a revoked key must not come back through an old snapshot.
+    // SAFETY: snapshot bookkeeping, balanced below.
+    let (pushed, snapshot) = unsafe {
         let pushed = !pg_sys::ActiveSnapshotSet();
         if pushed {
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         }
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        // No statistics for these scans: the caller could read the counters
-        // (pg_stat_get_xact_tuples_returned) before and after a failed
-        // authenticate() and learn whether the key exists.
-        let no_stats = NoStats::new([heap, idx]);
-        let scan = pg_sys::index_beginscan(heap, idx, snapshot, keys.len() as i32, 0);
-        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), keys.len() as i32, std::ptr::null_mut(), 0);
+        // In parallel mode no new snapshot may be taken: use the query's.
+        // (The context itself was brought up to date when the query started.)
+        let latest = if pg_sys::IsInParallelMode() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetLatestSnapshot() };
+        (pushed, pg_sys::RegisterSnapshot(latest))
+    };
+    // No statistics for these scans: the caller could read the counters
+    // (pg_stat_get_xact_tuples_returned) before and after a failed
+    // authenticate() and learn whether the key exists.
+    // SAFETY: both relations are open; NoStats restores them on drop.
+    let no_stats = unsafe { NoStats::new([heap, idx]) };
+    let n = scankeys.len() as i32;
+    // SAFETY: an index scan of open relations with a registered snapshot and
+    // initialized scan keys; the slot is made for `heap` and dropped below.
+    let (scan, slot, found) = unsafe {
+        let scan = pg_sys::index_beginscan(heap, idx, snapshot, n, 0);
+        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
         let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
-        let out = found.then(|| read(&Row { heap, slot }));
+        (scan, slot, found)
+    };
+    let out = found.then(|| read(&Row { heap, slot }));
+    // SAFETY: releases what was acquired above, in reverse order.
+    unsafe {
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::index_endscan(scan);
-        drop(no_stats);
+    }
+    drop(no_stats);
+    // SAFETY: the snapshot registered and (maybe) pushed above.
+    unsafe {
         pg_sys::UnregisterSnapshot(snapshot);
         if pushed {
             pg_sys::PopActiveSnapshot();
         }
-        // Locks are kept to the end of the transaction, as the executor does.
-        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
-        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
-        out
     }
+    out
 }

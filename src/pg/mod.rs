@@ -13,3 +13,23 @@ pub mod clock;
 pub mod errors;
 pub mod index_lookup;
 pub mod settings;
+
+use pgrx::pg_sys;
+
+/// The OID of the database this backend is connected to.
+pub fn database_id() -> u32 {
+    // SAFETY: set once when the backend connects, then only read.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// This backend's process id.
+pub fn pid() -> i32 {
+    // SAFETY: set once at process start, then only read.
+    unsafe { pg_sys::MyProcPid }
+}
+
+/// Whether this server is a standby in recovery.
+pub fn in_recovery() -> bool {
+    // SAFETY: reads shared state under PostgreSQL's own locking.
+    unsafe { pg_sys::RecoveryInProgress() }
+}

@@ -47,6 +47,8 @@ static KEY_GENERATION: AtomicU64 = AtomicU64::new(1);
 /// only our code decides what is set. Errors are raised.
 pub fn set_as_superuser(name: &CStr, value: &CStr, local: bool) {
     let action = if local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET };
+    // SAFETY: both strings are NUL-terminated; set_config_option copies them
+    // and raises (elevel ERROR) rather than returning on failure.
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
@@ -65,18 +67,22 @@ pub fn key_generation() -> u64 {
     KEY_GENERATION.load(Ordering::Relaxed)
 }
 
-/// Borrow a string setting's current value without copying it.
-///
-/// # Safety
-/// The returned slice must not outlive a change to the setting; callers use
-/// it immediately and copy what they keep.
-pub unsafe fn raw_value(setting: &'static GucSetting<Option<CString>>) -> Option<&'static [u8]> {
-    let p = *setting.as_ptr();
-    if p.is_null() {
-        None
-    } else {
-        Some(CStr::from_ptr(p).to_bytes())
-    }
+/// Run `f` on a string setting's current value, borrowed without a copy.
+/// The borrow cannot outlive `f`; `f` must not change settings (nothing in
+/// the extension does while reading one).
+pub fn with_value<R>(setting: &'static GucSetting<Option<CString>>, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+    // SAFETY: the pointer is the setting's current value: NULL or a
+    // NUL-terminated string that PostgreSQL frees only when the setting is
+    // assigned again, which does not happen while `f` runs.
+    let value = unsafe {
+        let p = *setting.as_ptr();
+        if p.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(p).to_bytes())
+        }
+    };
+    f(value)
 }
 
 unsafe fn check_fail(msg: &CStr, hint: &CStr) -> bool {
@@ -112,12 +118,17 @@ unsafe extern "C-unwind" fn assign_key(_newval: *const c_char, _extra: *mut c_vo
     KEY_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
+/// (name, short description, long description, variable, assign hook).
+type SecretSetting = (&'static CStr, &'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, pg_sys::GucStringAssignHook);
+
 pub fn init() {
     let secret_flags = GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL; // NO_SHOW_ALL includes NOT_IN_SAMPLE
+    // SAFETY: called once from _PG_init, in the postmaster, as PostgreSQL
+    // expects settings to be defined; every name and text is a static C string.
     unsafe {
         // Key-bearing secrets bump the key generation when they change; the
         // JWT secret is read afresh on every use.
-        let secrets: [(&'static CStr, &'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, pg_sys::GucStringAssignHook); 3] = [
+        let secrets: [SecretSetting; 3] = [
             (
                 c"tenant_guard.passphrase",
                 c"Server-side passphrase from which tenant_guard derives its keys (superuser only).",
@@ -170,5 +181,22 @@ pub fn init() {
             GucFlags::empty(),
         );
         pg_sys::MarkGUCPrefixReserved(c"tenant_guard".as_ptr());
+    }
+}
+
+#[cfg(feature = "pg_test")]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn secret_settings_have_the_documented_flags() {
+        for name in [c"tenant_guard.passphrase", c"tenant_guard.old_passphrases", c"tenant_guard.jwt_secret"] {
+            // SAFETY: a lookup by a NUL-terminated name of a defined setting.
+            let flags = unsafe { pg_sys::GetConfigOptionFlags(name.as_ptr(), false) } as u32;
+            for f in [pg_sys::GUC_SUPERUSER_ONLY, pg_sys::GUC_NO_SHOW_ALL, pg_sys::GUC_NOT_IN_SAMPLE] {
+                assert!(flags & f != 0, "{name:?} lacks flag {f:#x}");
+            }
+        }
     }
 }

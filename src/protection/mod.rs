@@ -79,8 +79,20 @@ fn check_pending() {
         let name = Spi::get_one_with_args::<String>(
             "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
               WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[])
-                AND NOT c.relrowsecurity AND c.relpersistence OPERATOR(pg_catalog.<>) 't'
-                AND tenant_guard._is_uuid_column(c.oid, 'org_id')",
+                AND c.relpersistence OPERATOR(pg_catalog.<>) 't'
+                AND tenant_guard._is_uuid_column(c.oid, 'org_id')
+                AND (NOT c.relrowsecurity
+                     -- A table protect() made (it carries its policies) must
+                     -- also keep FORCE and its four restrictive policies,
+                     -- each still checking the org.
+                     OR (EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+                                  WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND p.polname OPERATOR(pg_catalog.~~) 'tenant\\_guard\\_%')
+                         AND (NOT c.relforcerowsecurity
+                              OR (SELECT pg_catalog.count(*) FROM pg_catalog.pg_policy p
+                                   WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND NOT p.polpermissive
+                                     AND p.polname OPERATOR(pg_catalog.=) ANY ('{tenant_guard_select,tenant_guard_insert,tenant_guard_update,tenant_guard_delete}'::pg_catalog.name[])
+                                     AND pg_catalog.concat(pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))
+                                         OPERATOR(pg_catalog.~~) '%current_org_id_if(%') OPERATOR(pg_catalog.<) 4)))",
             &[oid.into()],
         )
         .unwrap_or(None);
@@ -98,7 +110,7 @@ fn check_pending() {
     // client's encoding cannot carry, or an unbounded one, would fail the COMMIT.
     let shown: Vec<String> = unprotected.iter().take(10).map(|n| crate::echo::echo_max(n, 200)).collect();
     let more = if unprotected.len() > 10 { format!(" and {} more", unprotected.len() - 10) } else { String::new() };
-    let msg = format!("table(s) with an org_id column left without row-level security: {}{more}", shown.join(", "));
+    let msg = format!("table(s) with an org_id column left without row-level security, or without what protect() put in place: {}{more}", shown.join(", "));
     let hint = "Run SELECT tenant_guard.protect('<table>') in the same transaction (for a new partition: protect() its parent again).";
     match mode {
         RequireProtection::Error => raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, msg, None, Some(hint)),

@@ -250,6 +250,9 @@ BEGIN
                                       JOIN pg_class t ON t.reloftype = ct.reltype AND ct.relkind = 'c'
                 UNION
                 SELECT t.oid FROM cmd JOIN pg_class t ON t.reloftype = cmd.objid AND cmd.classid = 'pg_type'::regclass
+                UNION
+                -- CREATE / ALTER POLICY: the policy's table.
+                SELECT p.polrelid FROM cmd JOIN pg_policy p ON p.oid = cmd.objid AND cmd.classid = 'pg_policy'::regclass
             ) base
             UNION
             SELECT i.inhrelid FROM pg_inherits i JOIN touched ON i.inhparent = touched.relid
@@ -267,11 +270,39 @@ $$;
 CREATE EVENT TRIGGER tenant_guard_require_protection ON ddl_command_end
     EXECUTE FUNCTION tenant_guard._guard_new_tables();
 
+-- DROP POLICY is reported only to sql_drop triggers: the table of every
+-- dropped policy is checked at commit too (protect()'s restrictive policies
+-- are the whole rule: dropping one opens the table).
+CREATE FUNCTION tenant_guard._guard_dropped_policies()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('tenant_guard.require_protection') = 'off' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT to_regclass(quote_ident(d.address_names[1]) || '.' || quote_ident(d.address_names[2])) AS rel
+               FROM pg_event_trigger_dropped_objects() d
+              WHERE d.object_type = 'policy' AND cardinality(d.address_names) = 3
+    LOOP
+        IF r.rel IS NOT NULL THEN
+            PERFORM tenant_guard._note_unprotected_table(r.rel);
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER tenant_guard_require_protection_drops ON sql_drop
+    EXECUTE FUNCTION tenant_guard._guard_dropped_policies();
+
 REVOKE ALL ON FUNCTION
     tenant_guard._is_uuid_column(oid, name), tenant_guard._org_column_check(regclass, name),
     tenant_guard.protect(regclass, name, text, text, text), tenant_guard.unprotect(regclass),
     tenant_guard._forbid_self_approval(), tenant_guard.forbid_self_approval(regclass, name, name),
-    tenant_guard._guard_new_tables(), tenant_guard._note_unprotected_table(oid)
+    tenant_guard._guard_new_tables(), tenant_guard._guard_dropped_policies(), tenant_guard._note_unprotected_table(oid)
 FROM PUBLIC;
 -- protect() and friends run with the caller's rights (only a table's owner
 -- can protect it), so the helpers they call are PUBLIC's too.

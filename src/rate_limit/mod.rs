@@ -14,8 +14,13 @@ use sha2::{Digest, Sha256};
 pgrx::extension_sql_file!("rate_limit.sql", name = "rate_limit", requires = ["schema", _rate_limit]);
 
 pub const KEY_SLOTS: usize = 16384;
-pub const BUCKET_SLOTS: usize = 8192;
+pub const BUCKET_SLOTS: usize = 16384;
+pub const OUTBOX_SLOTS: usize = 4096;
 const PROBE: usize = 32;
+/// Of the 32 slots of a window, at most this many may hold live buckets of
+/// one owner (an org, or a database's callers with no context): one owner
+/// can fill at most about a quarter of a table, never crowd others out.
+const OWNER_SHARE: usize = 8;
 /// Bounds on `rate_limit()` parameters: the period and the bucket's whole
 /// tolerance (emission interval x (burst + 1)) are at most a day.
 const MAX_PERIOD_US: i64 = 86_400_000_000;
@@ -25,6 +30,8 @@ const MAX_COUNT: i64 = 1_000_000;
 #[repr(C)]
 pub struct Slot {
     key: [u8; 16],
+    /// Whose bucket it is (see `owner()`), for the per-window share.
+    owner: [u8; 8],
     tat: i64,
 }
 
@@ -38,6 +45,8 @@ pub struct Table<const N: usize> {
     slots: [Slot; N],
 }
 
+// SAFETY: plain data (byte arrays and integers, no pointers), Copy and
+// repr(C), so it can live in shared memory and be copied between processes.
 unsafe impl<const N: usize> PGRXSharedMemory for Table<N> {}
 
 impl<const N: usize> Table<N> {
@@ -45,7 +54,7 @@ impl<const N: usize> Table<N> {
     pub fn seeded() -> Table<N> {
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed).expect("the OS random generator failed");
-        Table { seed, slots: [Slot { key: [0; 16], tat: 0 }; N] }
+        Table { seed, slots: [Slot { key: [0; 16], owner: [0; 8], tat: 0 }; N] }
     }
 }
 
@@ -55,12 +64,24 @@ fn window_start(seed: &[u8; 32], key: &[u8; 16], n: usize) -> usize {
     (u64::from_le_bytes(d[..8].try_into().unwrap()) % n as u64) as usize
 }
 
+// SAFETY: each lock has a unique name and is initialized once, by init()
+// (pg_shmem_init!) in the postmaster, before any backend uses it.
 pub static KEYS: PgLwLock<Table<KEY_SLOTS>> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits_keys") };
+// SAFETY: as above.
 pub static BUCKETS: PgLwLock<Table<BUCKET_SLOTS>> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits_buckets") };
+// SAFETY: as above.
+pub static OUTBOX: PgLwLock<Table<OUTBOX_SLOTS>> = unsafe { PgLwLock::new(c"tenant_guard_rate_limits_outbox") };
 
 pub fn init() {
     pgrx::pg_shmem_init!(KEYS = Table::seeded());
     pgrx::pg_shmem_init!(BUCKETS = Table::seeded());
+    pgrx::pg_shmem_init!(OUTBOX = Table::seeded());
+}
+
+/// The owner tag of a bucket: the database and, with a context, the org.
+pub fn owner(db: u32, org: Option<[u8; 16]>) -> [u8; 8] {
+    let k = key("owner", &[&db.to_be_bytes(), &org.unwrap_or([0; 16])]);
+    k[..8].try_into().expect("8 bytes")
 }
 
 /// A 16-byte table key for `domain` + `parts` (never all zero: that marks a free slot).
@@ -85,14 +106,18 @@ pub fn key(domain: &str, parts: &[&[u8]]) -> [u8; 16] {
 /// owner a fresh burst. A new bucket takes an empty slot of its window or
 /// one whose bucket has refilled (TAT in the past, the same as no state);
 /// when there is none, the call is refused (fail closed), with the time
-/// until the window's first slot frees as retry_after.
-pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate: Rate, quantity: i64) -> Decision {
+/// until the window's first slot frees as retry_after. A new bucket is also
+/// refused when its owner already holds OWNER_SHARE live slots of the
+/// window: so one tenant (or everyone without a context) flooding buckets
+/// fills at most about a quarter of the table, and others keep room.
+pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], owner: [u8; 8], rate: Rate, quantity: i64) -> Decision {
     let mut t = table.exclusive();
     let now = crate::pg::clock::now_us();
     let start = window_start(&t.seed, &key, N);
     let mut found = None;
     let mut free = None;
     let mut soonest = i64::MAX;
+    let mut owned = 0;
     for i in 0..PROBE {
         let idx = (start + i) % N;
         let s = &t.slots[idx];
@@ -100,19 +125,25 @@ pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], rate:
             found = Some(idx);
             break;
         }
-        if free.is_none() && (s.key == [0; 16] || s.tat <= now) {
+        let live = s.key != [0; 16] && s.tat > now;
+        if !live && free.is_none() {
             free = Some(idx);
         }
-        soonest = soonest.min(s.tat.saturating_sub(now));
+        if live {
+            soonest = soonest.min(s.tat - now);
+            if s.owner == owner {
+                owned += 1;
+            }
+        }
     }
     let (idx, stored) = match (found, free) {
         (Some(i), _) => (i, Some(t.slots[i].tat)),
-        (None, Some(i)) => (i, None),
-        (None, None) => return Decision { limited: true, remaining: 0, reset_after: soonest, retry_after: soonest },
+        (None, Some(i)) if owned < OWNER_SHARE => (i, None),
+        _ => return Decision { limited: true, remaining: 0, reset_after: soonest.max(0), retry_after: soonest.max(0) },
     };
     let (decision, tat) = gcra::check(rate, stored, now, quantity);
     if stored.is_some() || !decision.limited {
-        t.slots[idx] = Slot { key, tat };
+        t.slots[idx] = Slot { key, owner, tat };
     }
     decision
 }
@@ -141,14 +172,15 @@ fn _rate_limit(bucket: Option<&str>, per_period: Option<i32>, period_us: Option<
             None,
         )
     };
-    let db = unsafe { pg_sys::MyDatabaseId }.to_u32().to_be_bytes();
-    let org = crate::context::with_claims(|c| c.org_id).unwrap_or([0; 16]);
+    let db = crate::pg::database_id();
+    let org = crate::context::with_claims(|c| c.org_id);
     let params = [per_period.to_be_bytes(), burst.to_be_bytes()].concat();
-    let k = key("bucket", &[&db, &org, &params, &period_us.to_be_bytes(), bucket.as_bytes()]);
-    !throttle(&BUCKETS, k, rate, 1).limited
+    let k = key("bucket", &[&db.to_be_bytes(), &org.unwrap_or([0; 16]), &params, &period_us.to_be_bytes(), bucket.as_bytes()]);
+    !throttle(&BUCKETS, k, owner(db, org), rate, 1).limited
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
 mod tests {
     use super::*;
 
@@ -169,5 +201,18 @@ mod tests {
         // And the placement is not the key's own leading bytes, as before.
         let unkeyed = (u64::from_le_bytes(k[..8].try_into().unwrap()) as usize) % BUCKET_SLOTS;
         assert!((0..50u8).any(|i| window_start(&[i; 32], &k, BUCKET_SLOTS) != unkeyed));
+    }
+
+    #[pg_test]
+    fn the_shared_memory_limiter_is_exact() {
+        let rate = crate::gcra::Rate::new(5, 60_000_000, 4).unwrap();
+        let key = crate::rate_limit::key("pg_test", &[b"bucket"]);
+        let t = &crate::rate_limit::BUCKETS;
+        let me = owner(1, None);
+        let admitted = (0..20).filter(|_| !throttle(t, key, me, rate, 1).limited).count();
+        assert_eq!(admitted, 5);
+        let other = crate::rate_limit::key("pg_test", &[b"another"]);
+        assert!(!throttle(t, other, me, rate, 1).limited, "buckets are independent");
+        assert!(!throttle(&crate::rate_limit::KEYS, key, me, rate, 1).limited, "tables are independent");
     }
 }

@@ -121,6 +121,8 @@ pub struct LogState {
     queued: usize,
 }
 
+// SAFETY: plain repr(C) data; latches are kept as addresses (usize), only
+// ever passed back to SetLatch, never dereferenced here.
 unsafe impl PGRXSharedMemory for LogState {}
 
 impl LogState {
@@ -137,6 +139,7 @@ impl LogState {
     }
 }
 
+// SAFETY: a unique name, initialized once by init() in the postmaster.
 static LOG: PgLwLock<LogState> = unsafe { PgLwLock::new(c"tenant_guard_request_log") };
 
 pub fn init() {
@@ -153,10 +156,10 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Queue one outcome. Never writes a table; skipped on a hot standby.
 pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, action: Option<&str>, addr: Option<&str>) {
-    if unsafe { pg_sys::RecoveryInProgress() } {
+    if crate::pg::in_recovery() {
         return;
     }
-    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let db = crate::pg::database_id();
     let now = crate::pg::clock::now_us();
     let action = truncate(action.unwrap_or(""), ACTION_MAX);
     let addr = truncate(addr.unwrap_or(""), ADDR_MAX);
@@ -189,6 +192,9 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
                 Some(w) if wait && t < deadline => {
                     let latch = w.latch;
                     drop(s);
+                    // SAFETY: `latch` is a live writer's process latch in
+                    // shared memory (a stale one at worst wakes another
+                    // process once); pg_usleep and InterruptPending are plain.
                     unsafe {
                         pg_sys::SetLatch(latch as *mut pg_sys::Latch);
                         pg_sys::pg_usleep(200);
@@ -242,6 +248,7 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
     };
     if let Some(latch) = wake {
         // At worst a stale pointer wakes some other process once: harmless.
+        // SAFETY: see above: a latch in shared memory.
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
     if let Some(idx) = launch {
@@ -319,7 +326,7 @@ struct Row {
 fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     let mut s = LOG.exclusive();
     let now = crate::pg::clock::now_us();
-    let me = unsafe { pg_sys::MyProcPid };
+    let me = crate::pg::pid();
     let w = &mut s.workers[slot];
     // Our slot, unless we were stalled long enough for it to be handed on.
     let ours = w.db == db && (w.pid == me || (w.pid == 0 && w.state == 1));
@@ -329,6 +336,7 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
     w.pid = me;
     s.workers[slot].heartbeat = now;
     s.workers[slot].state = 2;
+    // SAFETY: a plain global: this process's latch, in shared memory.
     s.workers[slot].latch = unsafe { pg_sys::MyLatch } as usize;
     let mut rows = Vec::new();
     let mut freed_failures = 0;
@@ -437,6 +445,8 @@ fn pin_session_settings() {
     // ALTER DATABASE ... SET role / session_authorization would make the
     // writer someone without INSERT on request_log: be the bootstrap
     // superuser again, or give up loudly.
+    // SAFETY: the writer is a background worker connected as the bootstrap
+    // superuser; these only compare and reset its session user.
     unsafe {
         if pg_sys::GetSessionUserId() != pg_sys::GetAuthenticatedUserId() {
             pg_sys::SetSessionAuthorization(pg_sys::GetAuthenticatedUserId(), true);
@@ -454,6 +464,7 @@ fn pin_session_settings() {
     for (name, value) in settings {
         crate::pg::settings::set_as_superuser(name, value, false);
     }
+    // SAFETY: a catalog check of the current user.
     if !unsafe { pg_sys::superuser() } {
         pgrx::error!("tenant_guard request log writer: not running as a superuser; database settings for role or session_authorization?");
     }
@@ -490,13 +501,14 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     let db = pg_sys::Oid::from(arg as u32);
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    // SAFETY: registers a static callback with its slot number as the datum.
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), raw) };
     {
         // Ours from now on, so release_slot frees it even if we fail below.
         let mut s = LOG.exclusive();
         let w = &mut s.workers[slot];
         if w.db == db.to_u32() && w.pid == 0 && w.state == 1 {
-            w.pid = unsafe { pg_sys::MyProcPid };
+            w.pid = crate::pg::pid();
         }
     }
     // In a transaction: the superuser check reads the catalog.

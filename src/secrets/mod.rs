@@ -188,3 +188,24 @@ fn delete_secret(kind: &str, name: &str) -> bool {
 
 pub mod rotation;
 pub mod wordpress;
+
+#[cfg(feature = "pg_test")]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn the_envelope_uses_the_configured_passphrase() {
+        let env = crate::secrets::seal(b"in-database round trip", b"aad");
+        assert_eq!(crate::secrets::open(&env, b"aad"), b"in-database round trip");
+        let id = crate::envelope::key_id(&env).unwrap();
+        let expected = crate::kdf::KeySet::derive(b"pg-test-passphrase-0123456789-abcdefghij").unwrap().key_id();
+        assert_eq!(id, expected, "derived from tenant_guard.passphrase in postgresql.conf");
+    }
+
+    #[pg_test(error = "cannot decrypt: the envelope does not authenticate (wrong key, wrong associated data, or tampered)")]
+    fn the_envelope_refuses_other_associated_data() {
+        let env = crate::secrets::seal(b"x", b"org-a");
+        crate::secrets::open(&env, b"org-b");
+    }
+}

@@ -98,9 +98,11 @@ pub fn _outbox_admit(org_id: Option<Uuid>, n: Option<i32>) {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "org_id and n must not be NULL", None, None)
     };
     let rate = crate::gcra::Rate::new(6_000, 60_000_000, 10_000).expect("constant rate");
-    let db = unsafe { pg_sys::MyDatabaseId }.to_u32().to_be_bytes();
+    let db = crate::pg::database_id().to_be_bytes();
     let key = crate::rate_limit::key("outbox", &[&db, org.as_bytes()]);
-    let d = crate::rate_limit::throttle(&crate::rate_limit::BUCKETS, key, rate, n.max(0) as i64);
+    let owner = crate::rate_limit::owner(crate::pg::database_id(), Some(*org.as_bytes()));
+    // Its own table: no flood of rate_limit() buckets can take its room.
+    let d = crate::rate_limit::throttle(&crate::rate_limit::OUTBOX, key, owner, rate, n.max(0) as i64);
     if d.limited {
         let ms = (d.retry_after.max(0) + 999) / 1000;
         raise(

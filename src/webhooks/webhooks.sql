@@ -69,7 +69,7 @@ DECLARE
     org uuid := tenant_guard.current_org_id();
     canonical text;
 BEGIN
-    PERFORM tenant_guard.require_role('admin');
+    PERFORM tenant_guard._require_user_role('admin');
     -- Parsed as HTTP clients parse it, judged and stored in canonical form
     -- (url_policy.rs); the delivery worker must still check the addresses
     -- a name resolves to: a public name can point inside.
@@ -95,7 +95,7 @@ AS $$
 DECLARE
     org uuid := tenant_guard.current_org_id();
 BEGIN
-    PERFORM tenant_guard.require_role('admin');
+    PERFORM tenant_guard._require_user_role('admin');
     IF grace IS NULL OR grace < interval '0' THEN
         RAISE EXCEPTION 'grace must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
