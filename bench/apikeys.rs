@@ -33,7 +33,8 @@ fn main() {
     app.batch_execute("COMMIT").unwrap();
     dba.batch_execute("ANALYZE tenant_guard.api_keys").unwrap();
 
-    let bare_sql = "SELECT id, org_id, role, scopes FROM tenant_guard.api_keys WHERE key_hash = sha256(convert_to($1, 'UTF8'))";
+    let bare_sql =
+        "SELECT id, org_id, role, scopes FROM tenant_guard.api_keys WHERE key_hash = sha256(convert_to($1, 'UTF8'))";
     let bare = dba.prepare(bare_sql).unwrap();
     let auth = app.prepare("SELECT tenant_guard.authenticate($1, 'bench')").unwrap();
     assert_eq!(dba.query(&bare, &[&key]).unwrap().len(), 1);

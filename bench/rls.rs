@@ -111,12 +111,19 @@ fn main() {
     }
     // View 2: the same queries in a PL/pgSQL loop on the server, so the
     // network and the client are out of the measurement.
-    let ids_lit = format!("ARRAY[{}]::bigint[]", ids.iter().take(500).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+    let ids_lit =
+        format!("ARRAY[{}]::bigint[]", ids.iter().take(500).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
     let loops = if quick { 50 } else { 200 };
     let su_count_loop = format!("DO $$ DECLARE n bigint; BEGIN FOR i IN 1..{loops} LOOP SELECT count(*) INTO n FROM items_naive WHERE org_id = '{org}'; END LOOP; END $$");
-    let rls_count_loop = |t: &str| format!("DO $$ DECLARE n bigint; BEGIN FOR i IN 1..{loops} LOOP SELECT count(*) INTO n FROM {t}; END LOOP; END $$");
+    let rls_count_loop = |t: &str| {
+        format!(
+            "DO $$ DECLARE n bigint; BEGIN FOR i IN 1..{loops} LOOP SELECT count(*) INTO n FROM {t}; END LOOP; END $$"
+        )
+    };
     let su_pk_loop = format!("DO $$ DECLARE p text; ids bigint[] := {ids_lit}; BEGIN FOR r IN 1..4 LOOP FOR i IN 1..500 LOOP SELECT payload INTO p FROM items_naive WHERE id = ids[i] AND org_id = '{org}'; END LOOP; END LOOP; END $$");
-    let rls_pk_loop = |t: &str| format!("DO $$ DECLARE p text; ids bigint[] := {ids_lit}; BEGIN FOR r IN 1..4 LOOP FOR i IN 1..500 LOOP SELECT payload INTO p FROM {t} WHERE id = ids[i]; END LOOP; END LOOP; END $$");
+    let rls_pk_loop = |t: &str| {
+        format!("DO $$ DECLARE p text; ids bigint[] := {ids_lit}; BEGIN FOR r IN 1..4 LOOP FOR i IN 1..500 LOOP SELECT payload INTO p FROM {t} WHERE id = ids[i]; END LOOP; END LOOP; END $$")
+    };
     let timed = |c: &mut postgres::Client, sql: &str, n: f64| -> f64 {
         let t = Instant::now();
         c.batch_execute(sql).unwrap();
@@ -132,7 +139,10 @@ fn main() {
         v[5].push(timed(&mut app, &rls_pk_loop("items_protected"), 2000.0));
     }
 
-    println!("\nRLS benchmark: {ROWS} rows, {ORGS} orgs, {} rows per org, {rounds} interleaved rounds, median per query\n", a);
+    println!(
+        "\nRLS benchmark: {ROWS} rows, {ORGS} orgs, {} rows per org, {rounds} interleaved rounds, median per query\n",
+        a
+    );
     print!(
         "{}",
         bench_table(&[

@@ -41,22 +41,28 @@ fn main() {
     ))
     .unwrap();
     let mut svc = c.connect("postgres", "svc");
-    svc.batch_execute(&format!(
-        "SELECT count(tenant_guard.put_secret_for('{org}', 'bench', n::text, v)) FROM plain"
-    ))
-    .unwrap();
+    svc.batch_execute(&format!("SELECT count(tenant_guard.put_secret_for('{org}', 'bench', n::text, v)) FROM plain"))
+        .unwrap();
     svc.batch_execute("CREATE TEMP TABLE env AS SELECT n, tenant_guard.encrypt(convert_to(v, 'UTF8'), 'bench'::bytea) AS ct FROM plain").unwrap();
     dba.batch_execute("ANALYZE").unwrap();
     let len: i32 = svc.query_one("SELECT length(v) FROM plain LIMIT 1", &[]).unwrap().get(0);
     // Same answers everywhere.
-    let a: String = svc.query_one(&format!("SELECT tenant_guard.get_secret('{org}', 'bench', '7')"), &[]).unwrap().get(0);
+    let a: String =
+        svc.query_one(&format!("SELECT tenant_guard.get_secret('{org}', 'bench', '7')"), &[]).unwrap().get(0);
     let b: String = svc.query_one("SELECT pgp_sym_decrypt(ct, 'bench-key') FROM pgp WHERE n = 7", &[]).unwrap().get(0);
-    let d: String = svc.query_one("SELECT convert_from(decrypt(ct, 'bench-key-0123456789abcdef01234', 'aes'), 'UTF8') FROM cbc WHERE n = 7", &[]).unwrap().get(0);
+    let d: String = svc
+        .query_one(
+            "SELECT convert_from(decrypt(ct, 'bench-key-0123456789abcdef01234', 'aes'), 'UTF8') FROM cbc WHERE n = 7",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(a == b && b == d);
 
     let get = svc.prepare("SELECT tenant_guard.get_secret($1::text::uuid, 'bench', $2)").unwrap();
     let pgp = svc.prepare("SELECT pgp_sym_decrypt(ct, 'bench-key') FROM pgp WHERE n = $1").unwrap();
-    let cbc = svc.prepare("SELECT decrypt(ct, 'bench-key-0123456789abcdef01234', 'aes') FROM cbc WHERE n = $1").unwrap();
+    let cbc =
+        svc.prepare("SELECT decrypt(ct, 'bench-key-0123456789abcdef01234', 'aes') FROM cbc WHERE n = $1").unwrap();
     let (rounds, per): (usize, i32) = if quick { (3, 100) } else { (9, 500) };
     let mut s: [Vec<f64>; 3] = Default::default();
     for _ in 0..rounds {
@@ -126,12 +132,18 @@ fn main() {
     };
     let mut v: [Vec<f64>; 7] = Default::default();
     for _ in 0..if quick { 2 } else { 5 } {
-        v[0].push(stmt(&format!("SELECT count(tenant_guard.get_secret('{org}', 'bench', n::text)) FROM plain"), &mut svc));
+        v[0].push(stmt(
+            &format!("SELECT count(tenant_guard.get_secret('{org}', 'bench', n::text)) FROM plain"),
+            &mut svc,
+        ));
         v[1].push(stmt("SELECT count(pgp_sym_decrypt(ct, 'bench-key')) FROM pgp", &mut svc));
         v[2].push(stmt("SELECT count(decrypt(ct, 'bench-key-0123456789abcdef01234', 'aes')) FROM cbc", &mut svc));
         v[3].push(stmt("SELECT count(tenant_guard.decrypt(ct, 'bench'::bytea)) FROM env", &mut svc));
         v[4].push(stmt("SELECT count((SELECT decrypt(c.ct, 'bench-key-0123456789abcdef01234', 'aes') FROM cbc c WHERE c.n = p.n)) FROM plain p", &mut svc));
-        v[5].push(stmt("SELECT count((SELECT pgp_sym_decrypt(c.ct, 'bench-key') FROM pgp c WHERE c.n = p.n)) FROM plain p", &mut svc));
+        v[5].push(stmt(
+            "SELECT count((SELECT pgp_sym_decrypt(c.ct, 'bench-key') FROM pgp c WHERE c.n = p.n)) FROM plain p",
+            &mut svc,
+        ));
         v[6].push(stmt(
             &format!(
                 "SELECT count((SELECT decrypt(c.ct, 'bench-key-0123456789abcdef01234', 'aes') FROM cbc_named c

@@ -34,7 +34,8 @@ fn main() {
         c.query_one(sql, &[]).unwrap();
         t.elapsed().as_secs_f64() / 10000.0
     };
-    let pg_hmac = "SELECT count(hmac(convert_to(payload, 'UTF8'), 'whsec-key-bytes-0123456789'::bytea, 'sha256')) FROM msgs";
+    let pg_hmac =
+        "SELECT count(hmac(convert_to(payload, 'UTF8'), 'whsec-key-bytes-0123456789'::bytea, 'sha256')) FROM msgs";
     let tg_hmac = "SELECT count(tenant_guard.hmac_sha256(convert_to(payload, 'UTF8'), 'whsec-key-bytes-0123456789'::bytea)) FROM msgs";
     // The same check written with pgcrypto, as teams do today: sign id.ts.payload and compare.
     let pg_verify = "SELECT count(*) FILTER (WHERE 'v1,' || encode(hmac(convert_to(id || '.' || ts || '.' || payload, 'UTF8'), decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'), 'sha256'), 'base64') = sig) FROM msgs";

@@ -2,9 +2,9 @@
 //! after any change of the passphrase settings (the assign hook bumps a
 //! generation counter), never printed.
 
+use crate::kdf::{KeyError, KeySet, MIN_JWT_SECRET_LEN, MIN_PASSPHRASE_LEN};
 use crate::pg::errors::raise;
 use crate::pg::settings;
-use crate::kdf::{KeyError, KeySet, MIN_JWT_SECRET_LEN, MIN_PASSPHRASE_LEN};
 use pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE as NOT_READY;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -22,7 +22,11 @@ pub fn old() -> Vec<Rc<KeySet>> {
         return v;
     }
     let v: Vec<Rc<KeySet>> = settings::with_value(&settings::OLD_PASSPHRASES, |list| {
-        crate::kdf::split_old_passphrases(list.unwrap_or(b"")).iter().filter_map(|p| KeySet::derive(p).ok()).map(Rc::new).collect()
+        crate::kdf::split_old_passphrases(list.unwrap_or(b""))
+            .iter()
+            .filter_map(|p| KeySet::derive(p).ok())
+            .map(Rc::new)
+            .collect()
     });
     OLD.with(|c| *c.borrow_mut() = Some((gen, v.clone())));
     v
@@ -54,10 +58,10 @@ pub fn current() -> Rc<KeySet> {
         Err(KeyError::TooShort) => {
             crate::pg::errors::hide_statement_from_log();
             raise(
-            NOT_READY,
-            format!("tenant_guard.passphrase is too short (minimum {MIN_PASSPHRASE_LEN} bytes)"),
-            None,
-            Some("Generate one with: openssl rand -base64 48"),
+                NOT_READY,
+                format!("tenant_guard.passphrase is too short (minimum {MIN_PASSPHRASE_LEN} bytes)"),
+                None,
+                Some("Generate one with: openssl rand -base64 48"),
             )
         }
     }
@@ -80,7 +84,12 @@ fn checked_jwt_secret<R>(secret: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     }
     if secret.len() < MIN_JWT_SECRET_LEN {
         crate::pg::errors::hide_statement_from_log();
-        raise(NOT_READY, format!("tenant_guard.jwt_secret is too short (minimum {MIN_JWT_SECRET_LEN} bytes)"), None, None)
+        raise(
+            NOT_READY,
+            format!("tenant_guard.jwt_secret is too short (minimum {MIN_JWT_SECRET_LEN} bytes)"),
+            None,
+            None,
+        )
     }
     f(secret)
 }

@@ -6,7 +6,9 @@
 
 use pgrx::prelude::*;
 
-pub use tenant_guard_core::{api_key_format, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, roles, url_policy, webhook_signature};
+pub use tenant_guard_core::{
+    api_key_format, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, roles, url_policy, webhook_signature,
+};
 
 mod pg;
 
@@ -14,8 +16,8 @@ mod keyring;
 
 mod api_keys;
 mod context;
-mod organizations;
 mod log_hook;
+mod organizations;
 mod protection;
 mod rate_limit;
 mod request_log;

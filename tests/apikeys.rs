@@ -46,7 +46,10 @@ fn create_authenticate_and_context() {
     let (_, admin_key) = create_key(&mut app, &w.org_a, ADMIN_A, "'admin-key', 'admin'");
     exec(&mut app, "BEGIN");
     auth(&mut app, &admin_key).unwrap();
-    assert_eq!(sqlstate(&app.simple_query("SELECT * FROM tenant_guard.create_api_key('minted', 'admin')")).as_deref(), Some("42501"));
+    assert_eq!(
+        sqlstate(&app.simple_query("SELECT * FROM tenant_guard.create_api_key('minted', 'admin')")).as_deref(),
+        Some("42501")
+    );
     exec(&mut app, "ROLLBACK");
 }
 
@@ -62,11 +65,17 @@ fn only_the_hash_is_stored_and_it_is_sha256() {
     let _ = auth(&mut app, &format!("{key}x"));
     let mut dba = db.dba();
     let same: bool = dba
-        .query_one("SELECT key_hash = sha256(convert_to($1, 'UTF8')) FROM tenant_guard.api_keys WHERE id = $2::text::uuid", &[&key, &id])
+        .query_one(
+            "SELECT key_hash = sha256(convert_to($1, 'UTF8')) FROM tenant_guard.api_keys WHERE id = $2::text::uuid",
+            &[&key, &id],
+        )
         .unwrap()
         .get(0);
     assert!(same, "stored hash is PostgreSQL's sha256() of the key");
-    assert_eq!(val(&mut dba, &format!("SELECT prefix FROM tenant_guard.api_keys WHERE id = '{id}'")).unwrap(), &key[..12]);
+    assert_eq!(
+        val(&mut dba, &format!("SELECT prefix FROM tenant_guard.api_keys WHERE id = '{id}'")).unwrap(),
+        &key[..12]
+    );
     // Not in any table...
     wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log");
     let everything = rows(
@@ -98,7 +107,12 @@ fn who_may_create_and_see_keys() {
     let r = app.simple_query("SELECT * FROM tenant_guard.create_api_key('o', 'owner')");
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "a key cannot outrank its creator");
     exec(&mut app, "ROLLBACK");
-    for (args, code) in [("'', 'member'", "22023"), ("'x', 'god'", "22023"), ("'x', 'member', '{}', '90 days', 0", "22023"), ("'x', 'member', '{}', '-1 day'", "22023")] {
+    for (args, code) in [
+        ("'', 'member'", "22023"),
+        ("'x', 'god'", "22023"),
+        ("'x', 'member', '{}', '90 days', 0", "22023"),
+        ("'x', 'member', '{}', '-1 day'", "22023"),
+    ] {
         begin_as(&mut app, &w.org_a, ADMIN_A);
         let r = app.simple_query(&format!("SELECT * FROM tenant_guard.create_api_key({args})"));
         assert_eq!(sqlstate(&r).as_deref(), Some(code), "{args}: {}", full_error(&r));
@@ -133,7 +147,11 @@ fn bad_keys_all_fail_alike() {
     begin_as(&mut app, &w.org_a, ADMIN_A);
     exec(&mut app, &format!("SELECT tenant_guard.revoke_api_key('{revoked_id}')"));
     exec(&mut app, "COMMIT");
-    db.dba().batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = now() - interval '1 second' WHERE id = '{expired_id}'")).unwrap();
+    db.dba()
+        .batch_execute(&format!(
+            "UPDATE tenant_guard.api_keys SET expires_at = now() - interval '1 second' WHERE id = '{expired_id}'"
+        ))
+        .unwrap();
     let mut tampered = good.clone().into_bytes();
     tampered[10] = if tampered[10] == b'a' { b'b' } else { b'a' };
     let tampered = String::from_utf8(tampered).unwrap();
@@ -192,7 +210,11 @@ fn revocation_is_seen_by_the_next_statement() {
     exec(&mut admin, &format!("SELECT tenant_guard.revoke_api_key('{id}')"));
     assert_eq!(auth(&mut app, &key).unwrap(), w.org_a, "not committed yet");
     exec(&mut admin, "COMMIT");
-    assert_eq!(sqlstate(&auth(&mut app, &key)).as_deref(), Some("28000"), "same READ COMMITTED transaction, next statement");
+    assert_eq!(
+        sqlstate(&auth(&mut app, &key)).as_deref(),
+        Some("28000"),
+        "same READ COMMITTED transaction, next statement"
+    );
     exec(&mut app, "ROLLBACK");
     // Revoked and then un-revoked inside one transaction that rolls back.
     let (id2, key2) = create_key(&mut app, &w.org_a, ADMIN_A, "'k2'");
@@ -205,7 +227,9 @@ fn revocation_is_seen_by_the_next_statement() {
     let (id3, key3) = create_key(&mut app, &w.org_a, ADMIN_A, "'k3'");
     exec(&mut app, "BEGIN");
     assert_eq!(auth(&mut app, &key3).unwrap(), w.org_a);
-    db.dba().batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = clock_timestamp() WHERE id = '{id3}'")).unwrap();
+    db.dba()
+        .batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = clock_timestamp() WHERE id = '{id3}'"))
+        .unwrap();
     assert_eq!(sqlstate(&auth(&mut app, &key3)).as_deref(), Some("28000"), "expired during the transaction");
     exec(&mut app, "ROLLBACK");
     // Nor does a REPEATABLE READ transaction that started before it, nor one
@@ -219,7 +243,11 @@ fn revocation_is_seen_by_the_next_statement() {
     begin_as(&mut admin, &w.org_a, ADMIN_A);
     exec(&mut admin, &format!("SELECT tenant_guard.revoke_api_key('{id4}')"));
     exec(&mut admin, "COMMIT");
-    assert_eq!(sqlstate(&auth(&mut app, &key4)).as_deref(), Some("28000"), "REPEATABLE READ begun before the revocation");
+    assert_eq!(
+        sqlstate(&auth(&mut app, &key4)).as_deref(),
+        Some("28000"),
+        "REPEATABLE READ begun before the revocation"
+    );
     exec(&mut app, "ROLLBACK");
     exec(&mut app, &format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snap}'"));
     assert_eq!(sqlstate(&auth(&mut app, &key4)).as_deref(), Some("28000"), "snapshot exported before the revocation");
@@ -229,7 +257,9 @@ fn revocation_is_seen_by_the_next_statement() {
     // follows the clock.
     let (id5, key5) = create_key(&mut app, &w.org_a, ADMIN_A, "'k5'");
     db.dba()
-        .batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = clock_timestamp() + interval '1 second' WHERE id = '{id5}'"))
+        .batch_execute(&format!(
+            "UPDATE tenant_guard.api_keys SET expires_at = clock_timestamp() + interval '1 second' WHERE id = '{id5}'"
+        ))
         .unwrap();
     let r = app.batch_execute(&format!(
         "DO $$ BEGIN FOR i IN 1..30 LOOP PERFORM tenant_guard.authenticate('{key5}'); COMMIT; PERFORM pg_sleep(0.1); END LOOP; END $$"
@@ -254,11 +284,18 @@ fn rotation_keeps_the_old_key_until_the_grace_ends() {
     exec(&mut app, "COMMIT");
     assert!(auth(&mut app, &old).is_ok(), "old key works during the grace period");
     // The grace period ends.
-    db.dba().batch_execute(&format!("UPDATE tenant_guard.api_keys SET expires_at = now() - interval '1 second' WHERE id = '{old_id}'")).unwrap();
+    db.dba()
+        .batch_execute(&format!(
+            "UPDATE tenant_guard.api_keys SET expires_at = now() - interval '1 second' WHERE id = '{old_id}'"
+        ))
+        .unwrap();
     assert_eq!(sqlstate(&auth(&mut app, &old)).as_deref(), Some("28000"));
     assert!(auth(&mut app, &new).is_ok());
     let mut dba = db.dba();
-    assert_eq!(val(&mut dba, &format!("SELECT rotated_to FROM tenant_guard.api_keys WHERE id = '{old_id}'")).unwrap(), new_id);
+    assert_eq!(
+        val(&mut dba, &format!("SELECT rotated_to FROM tenant_guard.api_keys WHERE id = '{old_id}'")).unwrap(),
+        new_id
+    );
     // Zero grace: the old key stops at once. Another org's key cannot be rotated.
     begin_as(&mut app, &w.org_a, ADMIN_A);
     let r = rows(&mut app, &format!("SELECT api_key FROM tenant_guard.rotate_api_key('{new_id}', '0')"));
@@ -292,7 +329,11 @@ fn rate_limit_is_exact_under_concurrency() {
                         Err(e) => {
                             let db_err = e.as_db_error().expect("db error");
                             assert_eq!(db_err.code().code(), "53400");
-                            assert!(db_err.detail().unwrap_or("").starts_with("retry_after_ms="), "{:?}", db_err.detail());
+                            assert!(
+                                db_err.detail().unwrap_or("").starts_with("retry_after_ms="),
+                                "{:?}",
+                                db_err.detail()
+                            );
                             limited += 1;
                         }
                     }
@@ -319,7 +360,8 @@ fn failed_attempt_in_a_rolled_back_transaction_is_logged() {
     let w = world(&db);
     let mut app = db.app();
     exec(&mut app, "BEGIN");
-    let r = app.query_one("SELECT tenant_guard.authenticate('tgk_nope', 'login-in-rolled-back-tx', '203.0.113.9')::text", &[]);
+    let r = app
+        .query_one("SELECT tenant_guard.authenticate('tgk_nope', 'login-in-rolled-back-tx', '203.0.113.9')::text", &[]);
     assert_eq!(sqlstate(&r).as_deref(), Some("28000"));
     exec(&mut app, "ROLLBACK");
     let n = wait_for_log(
@@ -332,11 +374,24 @@ fn failed_attempt_in_a_rolled_back_transaction_is_logged() {
     exec(&mut app, "BEGIN");
     auth(&mut app, &key).unwrap();
     exec(&mut app, "ROLLBACK");
-    wait_for_log(&db, &format!("SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'ok' AND api_key_id = '{id}'"));
-    wait_for_log(&db, &format!("SELECT count(*) FROM tenant_guard.api_keys WHERE id = '{id}' AND last_used_at IS NOT NULL"));
+    wait_for_log(
+        &db,
+        &format!("SELECT count(*) FROM tenant_guard.request_log WHERE outcome = 'ok' AND api_key_id = '{id}'"),
+    );
+    wait_for_log(
+        &db,
+        &format!("SELECT count(*) FROM tenant_guard.api_keys WHERE id = '{id}' AND last_used_at IS NOT NULL"),
+    );
     // Admins of the org read its log; others do not.
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    assert_eq!(val(&mut app, "SELECT count(*) FROM tenant_guard.request_log WHERE org_id IS DISTINCT FROM tenant_guard.current_org_id()").unwrap(), "0");
+    assert_eq!(
+        val(
+            &mut app,
+            "SELECT count(*) FROM tenant_guard.request_log WHERE org_id IS DISTINCT FROM tenant_guard.current_org_id()"
+        )
+        .unwrap(),
+        "0"
+    );
     assert_eq!(val(&mut app, "SELECT count(*) > 0 FROM tenant_guard.request_log").unwrap(), "t");
     exec(&mut app, "COMMIT");
     begin_as(&mut app, &w.org_a, MEMBER_A);
@@ -386,9 +441,16 @@ fn a_full_queue_makes_callers_wait_instead_of_dropping() {
     assert_eq!(dropped(&mut dba), before, "entries were dropped while the queue was full");
     exec(&mut locker, "COMMIT");
     assert_eq!(burst.join().unwrap(), 6000);
-    poll(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'burst'", 30, "not all 6000 entries logged", |v| v == "6000");
+    poll(
+        &mut dba,
+        "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'burst'",
+        30,
+        "not all 6000 entries logged",
+        |v| v == "6000",
+    );
     assert_eq!(dropped(&mut dba), before, "nothing dropped");
-    let last_used = val(&mut dba, &format!("SELECT last_used_at IS NOT NULL FROM tenant_guard.api_keys WHERE id = '{id}'"));
+    let last_used =
+        val(&mut dba, &format!("SELECT last_used_at IS NOT NULL FROM tenant_guard.api_keys WHERE id = '{id}'"));
     assert_eq!(last_used.as_deref(), Some("t"));
 }
 
@@ -462,7 +524,13 @@ fn the_log_writer_ignores_hostile_database_settings() {
     let mut app = db.app();
     let (_, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'k'");
     let mut dba = db.dba();
-    exec(&mut dba, &format!("ALTER DATABASE {0} SET default_transaction_read_only = on; ALTER DATABASE {0} SET lock_timeout = '1ms'", db.name));
+    exec(
+        &mut dba,
+        &format!(
+            "ALTER DATABASE {0} SET default_transaction_read_only = on; ALTER DATABASE {0} SET lock_timeout = '1ms'",
+            db.name
+        ),
+    );
     let mut fresh = db.app();
     auth(&mut fresh, &key).unwrap();
     wait_for_log(&db, "SELECT count(*) FROM tenant_guard.request_log WHERE action = 'test'");
@@ -620,7 +688,11 @@ fn keys_and_secrets_stay_out_of_logged_parameters_and_plans() {
     let r = app.query_one("SELECT tenant_guard.authenticate_jwt($1)::text", &[&format!("{jwt}x")]);
     assert!(r.is_err());
     // Through a wrapper of the application's, whose statements do not name tenant_guard.
-    db.dba().batch_execute("CREATE FUNCTION public.my_auth(k text) RETURNS uuid LANGUAGE sql AS 'SELECT tenant_guard.authenticate(k)'").unwrap();
+    db.dba()
+        .batch_execute(
+            "CREATE FUNCTION public.my_auth(k text) RETURNS uuid LANGUAGE sql AS 'SELECT tenant_guard.authenticate(k)'",
+        )
+        .unwrap();
     exec(&mut app, "BEGIN");
     app.query_one("SELECT public.my_auth($1)::text", &[&key]).unwrap();
     exec(&mut app, "COMMIT");
@@ -704,7 +776,11 @@ fn rate_limit_buckets_are_per_org() {
     assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('exports', 1, '1 hour')").unwrap(), "f");
     exec(&mut app, "COMMIT");
     begin_as(&mut app, &w.org_b, OWNER_B);
-    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('exports', 1, '1 hour')").unwrap(), "t", "org B has its own bucket");
+    assert_eq!(
+        val(&mut app, "SELECT tenant_guard.rate_limit('exports', 1, '1 hour')").unwrap(),
+        "t",
+        "org B has its own bucket"
+    );
     exec(&mut app, "COMMIT");
 }
 

@@ -85,7 +85,8 @@ fn a_fresh_install_matches_the_committed_catalog_snapshot() {
         std::fs::write(path, &got).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(path).expect("tests/catalog/tenant_guard.txt (regenerate with TG_UPDATE_CATALOG=1)");
+    let want =
+        std::fs::read_to_string(path).expect("tests/catalog/tenant_guard.txt (regenerate with TG_UPDATE_CATALOG=1)");
     if got != want {
         let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
         let added: Vec<&&str> = g.iter().filter(|l| !w.contains(l)).collect();

@@ -27,7 +27,10 @@ pub fn jwt(claims: &Value, secret: &str) -> String {
 
 /// A valid token for `user` in `org` (expires in 5 minutes).
 pub fn token_for(org: &str, user: &str) -> String {
-    jwt(&serde_json::json!({"sub": user, "org_id": org, "exp": now() + 300, "iat": now()}), tenant_guard_harness::JWT_SECRET)
+    jwt(
+        &serde_json::json!({"sub": user, "org_id": org, "exp": now() + 300, "iat": now()}),
+        tenant_guard_harness::JWT_SECRET,
+    )
 }
 
 /// First column of the first row of the last statement's result, as text.

@@ -86,7 +86,9 @@ fn context_cannot_be_forged_with_set_or_set_config() {
     assert_eq!(val(&mut app, "SELECT count(*) FROM docs").unwrap(), "0");
     exec(&mut app, "ROLLBACK");
     // Every tenant_guard setting is closed to SET by a non-superuser.
-    for g in ["tenant_guard.context", "tenant_guard.passphrase", "tenant_guard.old_passphrases", "tenant_guard.jwt_secret"] {
+    for g in
+        ["tenant_guard.context", "tenant_guard.passphrase", "tenant_guard.old_passphrases", "tenant_guard.jwt_secret"]
+    {
         let r = app.simple_query(&format!("SET {g} = 'x'"));
         assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{g}");
     }
@@ -288,34 +290,75 @@ fn membership_rules() {
         s
     };
     // member cannot manage members
-    assert_eq!(attempt(&mut app, MEMBER_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'viewer')")).as_deref(), Some("42501"));
+    assert_eq!(
+        attempt(&mut app, MEMBER_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'viewer')")).as_deref(),
+        Some("42501")
+    );
     // admin: self-promotion, promotion above own rank, demoting an owner
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.set_member_role('{ADMIN_A}', 'owner')")).as_deref(), Some("42501"));
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.set_member_role('{MEMBER_A}', 'owner')")).as_deref(), Some("42501"));
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'owner')")).as_deref(), Some("42501"));
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.set_member_role('{OWNER_A}', 'viewer')")).as_deref(), Some("42501"));
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.remove_member('{OWNER_A}')")).as_deref(), Some("42501"));
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'root')")).as_deref(), Some("22023"));
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.set_member_role('{ADMIN_A}', 'owner')")).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.set_member_role('{MEMBER_A}', 'owner')")).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'owner')")).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.set_member_role('{OWNER_A}', 'viewer')")).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.remove_member('{OWNER_A}')")).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'root')")).as_deref(),
+        Some("22023")
+    );
     // allowed: admin adds and promotes up to admin, removes
     assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'viewer')")), None);
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'viewer')")).as_deref(), Some("23505"));
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.add_member('{newbie}', 'viewer')")).as_deref(),
+        Some("23505")
+    );
     assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.set_member_role('{newbie}', 'admin')")), None);
     assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.remove_member('{newbie}')")), None);
     // the owner cannot demote or remove themselves (so an org never loses its last owner)
-    assert_eq!(attempt(&mut app, OWNER_A, &format!("SELECT tenant_guard.set_member_role('{OWNER_A}', 'admin')")).as_deref(), Some("42501"));
-    assert_eq!(attempt(&mut app, OWNER_A, &format!("SELECT tenant_guard.remove_member('{OWNER_A}')")).as_deref(), Some("42501"));
+    assert_eq!(
+        attempt(&mut app, OWNER_A, &format!("SELECT tenant_guard.set_member_role('{OWNER_A}', 'admin')")).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        attempt(&mut app, OWNER_A, &format!("SELECT tenant_guard.remove_member('{OWNER_A}')")).as_deref(),
+        Some("42501")
+    );
     // an owner can promote another owner, who can then not remove the first... but each keeps one owner
     assert_eq!(attempt(&mut app, OWNER_A, &format!("SELECT tenant_guard.set_member_role('{ADMIN_A}', 'owner')")), None);
     assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.remove_member('{OWNER_A}')")), None);
     // org B is out of reach from A's context
-    assert_eq!(attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.remove_member('{OWNER_B}')")).as_deref(), Some("02000"));
+    assert_eq!(
+        attempt(&mut app, ADMIN_A, &format!("SELECT tenant_guard.remove_member('{OWNER_B}')")).as_deref(),
+        Some("02000")
+    );
     // no direct writes to the membership table
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    let r = app.simple_query(&format!("UPDATE tenant_guard.memberships SET role = 'owner' WHERE user_id = '{MEMBER_A}'"));
+    let r =
+        app.simple_query(&format!("UPDATE tenant_guard.memberships SET role = 'owner' WHERE user_id = '{MEMBER_A}'"));
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
     exec(&mut app, "ROLLBACK");
     let mut dba = db.dba();
-    assert_eq!(val(&mut dba, &format!("SELECT count(*) FROM tenant_guard.memberships WHERE org_id = '{}' AND role = 'owner'", w.org_a)).unwrap(), "1");
+    assert_eq!(
+        val(
+            &mut dba,
+            &format!("SELECT count(*) FROM tenant_guard.memberships WHERE org_id = '{}' AND role = 'owner'", w.org_a)
+        )
+        .unwrap(),
+        "1"
+    );
 }
 
 #[test]
@@ -332,7 +375,10 @@ fn self_approval_is_refused() {
     );
     let mut app = db.app();
     begin_as(&mut app, &w.org_a, MEMBER_A);
-    exec(&mut app, &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'refund')", w.org_a));
+    exec(
+        &mut app,
+        &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'refund')", w.org_a),
+    );
     // approve own request: by naming oneself, or by naming someone else
     for approver in [MEMBER_A, ADMIN_A] {
         exec(&mut app, "SAVEPOINT s");
@@ -341,18 +387,27 @@ fn self_approval_is_refused() {
         exec(&mut app, "ROLLBACK TO SAVEPOINT s");
     }
     // insert pre-approved by oneself
-    let r = app.simple_query(&format!("INSERT INTO requests (org_id, requester, approver) VALUES ('{}', '{MEMBER_A}', '{MEMBER_A}')", w.org_a));
+    let r = app.simple_query(&format!(
+        "INSERT INTO requests (org_id, requester, approver) VALUES ('{}', '{MEMBER_A}', '{MEMBER_A}')",
+        w.org_a
+    ));
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
     exec(&mut app, "ROLLBACK");
     begin_as(&mut app, &w.org_a, MEMBER_A);
-    exec(&mut app, &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'refund')", w.org_a));
+    exec(
+        &mut app,
+        &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'refund')", w.org_a),
+    );
     exec(&mut app, "COMMIT");
     // someone else approves, naming themselves: fine
     begin_as(&mut app, &w.org_a, ADMIN_A);
     assert_eq!(affected(&mut app, &format!("UPDATE requests SET approver = '{ADMIN_A}'")), 1);
     exec(&mut app, "COMMIT");
     begin_as(&mut app, &w.org_a, MEMBER_A);
-    exec(&mut app, &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'second')", w.org_a));
+    exec(
+        &mut app,
+        &format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{MEMBER_A}', 'second')", w.org_a),
+    );
     exec(&mut app, "COMMIT");
     let attacks = [
         // hand my request to a colleague, then approve it myself
@@ -360,7 +415,13 @@ fn self_approval_is_refused() {
         // record an approval in someone else's name
         (OWNER_A, format!("UPDATE requests SET approver = '{ADMIN_A}' WHERE what = 'second'")),
         // insert a request of a colleague, pre-approved by me
-        (MEMBER_A, format!("INSERT INTO requests (org_id, requester, approver) VALUES ('{}', '{VIEWER_A}', '{MEMBER_A}')", w.org_a)),
+        (
+            MEMBER_A,
+            format!(
+                "INSERT INTO requests (org_id, requester, approver) VALUES ('{}', '{VIEWER_A}', '{MEMBER_A}')",
+                w.org_a
+            ),
+        ),
     ];
     for (user, sql) in attacks {
         begin_as(&mut app, &w.org_a, user);
@@ -373,7 +434,10 @@ fn self_approval_is_refused() {
     exec(&mut app, "COMMIT");
     for sql in [
         format!("UPDATE requests SET approver = '{ADMIN_A}' WHERE what = 'second'"),
-        format!("INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{VIEWER_A}', 'filed by a key')", w.org_a),
+        format!(
+            "INSERT INTO requests (org_id, requester, what) VALUES ('{}', '{VIEWER_A}', 'filed by a key')",
+            w.org_a
+        ),
     ] {
         exec(&mut app, "BEGIN");
         app.query_one("SELECT tenant_guard.authenticate($1)::text", &[&key]).unwrap();
@@ -544,7 +608,8 @@ fn protect_validates_quotes_and_is_idempotent() {
         "idempotent: one set of policies"
     );
     assert_eq!(
-        val(&mut dba, r#"SELECT count(*) FROM pg_index WHERE indrelid = '"x; DROP TABLE plain; --"'::regclass"#).unwrap(),
+        val(&mut dba, r#"SELECT count(*) FROM pg_index WHERE indrelid = '"x; DROP TABLE plain; --"'::regclass"#)
+            .unwrap(),
         "1",
         "one index on the org column, not two"
     );
@@ -554,7 +619,11 @@ fn protect_validates_quotes_and_is_idempotent() {
     let mut app = db.app();
     assert_eq!(sqlstate(&app.simple_query("TRUNCATE plain")).as_deref(), Some("42501"), "TRUNCATE ignores RLS");
     assert_eq!(val(&mut dba, "SELECT has_table_privilege('app', 'plain', 'TRIGGER') OR has_table_privilege('app', 'plain', 'REFERENCES')").unwrap(), "f");
-    assert_eq!(val(&mut dba, "SELECT has_table_privilege('app', 'plain', 'SELECT')").unwrap(), "t", "ordinary grants stay");
+    assert_eq!(
+        val(&mut dba, "SELECT has_table_privilege('app', 'plain', 'SELECT')").unwrap(),
+        "t",
+        "ordinary grants stay"
+    );
     // unprotect
     exec(&mut dba, "SELECT tenant_guard.unprotect('plain')");
     assert_eq!(val(&mut dba, "SELECT relrowsecurity FROM pg_class WHERE relname = 'plain'").unwrap(), "f");
@@ -633,7 +702,13 @@ fn pgbouncer_transaction_pooling_never_carries_a_context_over() {
     let w = world(&db);
     let port = cluster().start_pgbouncer();
     let via_bouncer = || {
-        postgres::Config::new().host("127.0.0.1").port(port).user("app").dbname(&db.name).connect(postgres::NoTls).expect("connect through pgbouncer")
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("app")
+            .dbname(&db.name)
+            .connect(postgres::NoTls)
+            .expect("connect through pgbouncer")
     };
     let (mut tenant_a, mut tenant_b) = (via_bouncer(), via_bouncer());
     for _ in 0..3 {
@@ -673,9 +748,16 @@ fn require_protection_guard() {
     assert!(warnings.lock().unwrap().iter().any(|w| w.contains("careless")), "{:?}", warnings.lock().unwrap());
     warnings.lock().unwrap().clear();
     // Created and protected in one transaction: no warning. Tables without org_id: none either.
-    exec(&mut dba, "BEGIN; CREATE TABLE careful (org_id uuid NOT NULL); SELECT tenant_guard.protect('careful'); COMMIT");
+    exec(
+        &mut dba,
+        "BEGIN; CREATE TABLE careful (org_id uuid NOT NULL); SELECT tenant_guard.protect('careful'); COMMIT",
+    );
     exec(&mut dba, "CREATE TABLE unrelated (id int)");
-    assert!(!warnings.lock().unwrap().iter().any(|w| w.contains("row-level security")), "{:?}", warnings.lock().unwrap());
+    assert!(
+        !warnings.lock().unwrap().iter().any(|w| w.contains("row-level security")),
+        "{:?}",
+        warnings.lock().unwrap()
+    );
     // error: the commit is refused, and the table is gone.
     exec(&mut dba, "SET tenant_guard.require_protection = error");
     let r = dba.simple_query("CREATE TABLE refused (org_id uuid)");
@@ -683,13 +765,19 @@ fn require_protection_guard() {
     assert_eq!(val(&mut dba, "SELECT count(*) FROM pg_class WHERE relname = 'refused'").unwrap(), "0");
     exec(&mut dba, "BEGIN; CREATE TABLE accepted (org_id uuid); SELECT tenant_guard.protect('accepted'); COMMIT");
     // A new partition of a protected table is caught too.
-    exec(&mut dba, "BEGIN; CREATE TABLE parted (org_id uuid NOT NULL, n int) PARTITION BY HASH (org_id);
+    exec(
+        &mut dba,
+        "BEGIN; CREATE TABLE parted (org_id uuid NOT NULL, n int) PARTITION BY HASH (org_id);
                     CREATE TABLE parted_0 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 0);
-                    SELECT tenant_guard.protect('parted'); COMMIT");
+                    SELECT tenant_guard.protect('parted'); COMMIT",
+    );
     let r = dba.simple_query("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 1)");
     assert_eq!(sqlstate(&r).as_deref(), Some("55000"));
-    exec(&mut dba, "BEGIN; CREATE TABLE parted_1 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-                    SELECT tenant_guard.protect('parted'); COMMIT");
+    exec(
+        &mut dba,
+        "BEGIN; CREATE TABLE parted_1 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+                    SELECT tenant_guard.protect('parted'); COMMIT",
+    );
     // Adding the org column later is caught as well; temporary tables are not watched.
     exec(&mut dba, "CREATE TABLE later (id int)");
     let r = dba.simple_query("ALTER TABLE later ADD COLUMN org_id uuid");
@@ -732,7 +820,10 @@ fn jwt_audience_and_issuer_when_configured() {
     }
     exec(&mut app, "BEGIN");
     let t = with(json!({"aud": ["crm", "billing-app"], "iss": "https://auth.example.com"}));
-    assert_eq!(app.query_one("SELECT tenant_guard.authenticate_jwt($1)::text", &[&t]).unwrap().get::<_, String>(0), w.org_a);
+    assert_eq!(
+        app.query_one("SELECT tenant_guard.authenticate_jwt($1)::text", &[&t]).unwrap().get::<_, String>(0),
+        w.org_a
+    );
     exec(&mut app, "ROLLBACK");
     // Only a superuser configures it.
     assert_eq!(sqlstate(&app.simple_query("SET tenant_guard.jwt_audience = ''")).as_deref(), Some("42501"));

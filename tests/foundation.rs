@@ -54,7 +54,10 @@ fn superuser_reads_and_non_superuser_cannot_read_secret_settings() {
         .get(0);
     assert_eq!(n, 0);
     // boot_val / reset_val of every visible row: none holds a secret.
-    let vals = all_text(&app.simple_query("SELECT name, boot_val, reset_val FROM pg_settings WHERE name LIKE 'tenant_guard.%'").unwrap());
+    let vals = all_text(
+        &app.simple_query("SELECT name, boot_val, reset_val FROM pg_settings WHERE name LIKE 'tenant_guard.%'")
+            .unwrap(),
+    );
     assert!(!vals.contains(PASSPHRASE));
     // The config-file view shows raw file contents: closed to PUBLIC.
     let r = app.simple_query("SELECT * FROM pg_file_settings");
@@ -101,7 +104,10 @@ fn secrets_cannot_be_stored_in_public_catalogs() {
             format!("ALTER ROLE ALL SET {g} = '{attempt}'"),
             format!("ALTER DATABASE {} SET {g} = '{attempt}'", db.name),
             format!("ALTER ROLE app IN DATABASE {} SET {g} = '{attempt}'", db.name),
-            format!("CREATE FUNCTION leak_{}() RETURNS int LANGUAGE sql SET {g} = '{attempt}' AS 'SELECT 1'", g.replace('.', "_")),
+            format!(
+                "CREATE FUNCTION leak_{}() RETURNS int LANGUAGE sql SET {g} = '{attempt}' AS 'SELECT 1'",
+                g.replace('.', "_")
+            ),
         ] {
             let r = dba.simple_query(&q);
             assert!(r.is_err(), "{q} must fail");
@@ -111,7 +117,10 @@ fn secrets_cannot_be_stored_in_public_catalogs() {
         }
     }
     let n: i64 = dba
-        .query_one("SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE c LIKE 'tenant_guard.%'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE c LIKE 'tenant_guard.%'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "nothing landed in pg_db_role_setting");

@@ -92,12 +92,24 @@ fn secret_settings_never_reach_the_server_log() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let log = c.server_log();
     assert!(log.contains("tenant_guard.passphrase"), "the log shows the reloads happened");
-    for (what, v) in [("old", &old), ("new", &new), ("jwt", &jwt2), ("alter system", &alt), ("typo a", &typo_a), ("typo b", &typo_b), ("alter role", &role_set), ("set", &session_set)] {
+    for (what, v) in [
+        ("old", &old),
+        ("new", &new),
+        ("jwt", &jwt2),
+        ("alter system", &alt),
+        ("typo a", &typo_a),
+        ("typo b", &typo_b),
+        ("alter role", &role_set),
+        ("set", &session_set),
+    ] {
         // Also any 16-byte piece of it.
         for i in (0..v.len().saturating_sub(16)).step_by(8) {
             let piece = &v[i..i + 16];
             if let Some(at) = log.find(piece) {
-                panic!("the {what} secret is in the server log: ...{}", &log[at.saturating_sub(200)..(at + 50).min(log.len())]);
+                panic!(
+                    "the {what} secret is in the server log: ...{}",
+                    &log[at.saturating_sub(200)..(at + 50).min(log.len())]
+                );
             }
         }
     }
@@ -130,7 +142,13 @@ fn rights_are_never_granted_from_an_old_snapshot() {
 
     // (3) Demotion, seen through an old snapshot: the context has the new role.
     let mut dba = db.dba();
-    exec(&mut dba, &format!("INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES ('{}', '{ADMIN_A}', 'admin')", w.org_a));
+    exec(
+        &mut dba,
+        &format!(
+            "INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES ('{}', '{ADMIN_A}', 'admin')",
+            w.org_a
+        ),
+    );
     exec(&mut app, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM tenant_guard.roles");
     begin_as(&mut owner, &w.org_a, OWNER_A);
     exec(&mut owner, &format!("SELECT tenant_guard.set_member_role('{ADMIN_A}', 'viewer'); COMMIT"));
@@ -160,7 +178,13 @@ fn rights_are_never_granted_from_an_old_snapshot() {
 
     // (5) Row-level security follows too: a member demoted or removed while
     // their transaction is open loses the rows from their next statement.
-    exec(&mut dba, &format!("INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES ('{}', '{ADMIN_A}', 'admin')", w.org_a));
+    exec(
+        &mut dba,
+        &format!(
+            "INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES ('{}', '{ADMIN_A}', 'admin')",
+            w.org_a
+        ),
+    );
     for isolation in ["READ COMMITTED", "REPEATABLE READ"] {
         exec(&mut dba, &format!("UPDATE tenant_guard.memberships SET role = 'admin' WHERE user_id = '{ADMIN_A}'"));
         exec(&mut app, &format!("BEGIN ISOLATION LEVEL {isolation}"));
@@ -170,12 +194,26 @@ fn rights_are_never_granted_from_an_old_snapshot() {
         assert_eq!(val(&mut app, "SELECT tenant_guard.current_user_role()").unwrap(), "viewer", "{isolation}");
         assert_eq!(val(&mut app, "SELECT tenant_guard.has_role('admin')").unwrap(), "f");
         assert_eq!(val(&mut app, "SELECT count(*) FROM docs").unwrap(), "30", "a viewer still reads");
-        assert_eq!(affected(&mut app, "DELETE FROM docs WHERE title = 'a-1'"), 0, "{isolation}: a demoted admin deleted a row");
+        assert_eq!(
+            affected(&mut app, "DELETE FROM docs WHERE title = 'a-1'"),
+            0,
+            "{isolation}: a demoted admin deleted a row"
+        );
         exec(&mut dba, &format!("DELETE FROM tenant_guard.memberships WHERE user_id = '{ADMIN_A}'"));
-        assert_eq!(val(&mut app, "SELECT count(*) FROM docs").unwrap(), "0", "{isolation}: a removed member still reads the org's rows");
+        assert_eq!(
+            val(&mut app, "SELECT count(*) FROM docs").unwrap(),
+            "0",
+            "{isolation}: a removed member still reads the org's rows"
+        );
         assert_eq!(val(&mut app, "SELECT tenant_guard.current_org_id()"), None);
         exec(&mut app, "ROLLBACK");
-        exec(&mut dba, &format!("INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES ('{}', '{ADMIN_A}', 'admin')", w.org_a));
+        exec(
+            &mut dba,
+            &format!(
+                "INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES ('{}', '{ADMIN_A}', 'admin')",
+                w.org_a
+            ),
+        );
     }
 }
 
@@ -188,7 +226,9 @@ fn keys_and_endpoints_stop_when_their_creator_loses_the_role() {
     let (_, member_key) = create_key(&mut app, &w.org_a, ADMIN_A, "'ci', 'member'");
     let (_, owner_key) = create_key(&mut app, &w.org_a, OWNER_A, "'owner-ci', 'admin'");
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    let ep = val(&mut app, "SELECT endpoint_id FROM tenant_guard.create_webhook_endpoint('https://hooks.example.com/a')").unwrap();
+    let ep =
+        val(&mut app, "SELECT endpoint_id FROM tenant_guard.create_webhook_endpoint('https://hooks.example.com/a')")
+            .unwrap();
     exec(&mut app, "COMMIT");
     for k in [&admin_key, &member_key, &owner_key] {
         auth(&mut app, k).unwrap();
@@ -196,19 +236,31 @@ fn keys_and_endpoints_stop_when_their_creator_loses_the_role() {
     // An API key cannot create an endpoint (it would outlive the key's creator).
     exec(&mut app, "BEGIN");
     auth(&mut app, &admin_key).unwrap();
-    let r = app.simple_query("SELECT * FROM tenant_guard.create_webhook_endpoint('https://hooks.example.com/from-a-key')");
+    let r =
+        app.simple_query("SELECT * FROM tenant_guard.create_webhook_endpoint('https://hooks.example.com/from-a-key')");
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "an API key created a webhook endpoint");
     exec(&mut app, "ROLLBACK");
     // Demoted to member: keys above the new role stop; endpoints (an admin's) stop.
     let mut owner = db.app();
     begin_as(&mut owner, &w.org_a, OWNER_A);
     exec(&mut owner, &format!("SELECT tenant_guard.set_member_role('{ADMIN_A}', 'member'); COMMIT"));
-    assert_eq!(sqlstate(&auth(&mut app, &admin_key)).as_deref(), Some("28000"), "an admin key outlived its creator's demotion");
+    assert_eq!(
+        sqlstate(&auth(&mut app, &admin_key)).as_deref(),
+        Some("28000"),
+        "an admin key outlived its creator's demotion"
+    );
     auth(&mut app, &member_key).unwrap();
     auth(&mut app, &owner_key).unwrap();
     let mut dba = db.dba();
-    assert_eq!(val(&mut dba, &format!("SELECT revoked_at IS NOT NULL FROM tenant_guard.api_keys WHERE id = '{admin_key_id}'")).unwrap(), "t");
-    assert_eq!(val(&mut dba, &format!("SELECT active FROM tenant_guard.webhook_endpoints WHERE id = '{ep}'")).unwrap(), "f");
+    assert_eq!(
+        val(&mut dba, &format!("SELECT revoked_at IS NOT NULL FROM tenant_guard.api_keys WHERE id = '{admin_key_id}'"))
+            .unwrap(),
+        "t"
+    );
+    assert_eq!(
+        val(&mut dba, &format!("SELECT active FROM tenant_guard.webhook_endpoints WHERE id = '{ep}'")).unwrap(),
+        "f"
+    );
     begin_as(&mut app, &w.org_a, OWNER_A);
     assert_eq!(val(&mut app, "SELECT tenant_guard.enqueue_webhook('x', '{}')").unwrap(), "0");
     exec(&mut app, "COMMIT");
@@ -219,7 +271,11 @@ fn keys_and_endpoints_stop_when_their_creator_loses_the_role() {
     exec(&mut owner, &format!("SELECT tenant_guard.remove_member('{ADMIN_A}'); COMMIT"));
     assert_eq!(sqlstate(&auth(&mut app, &member_key)).as_deref(), Some("28000"));
     exec(&mut dba, &format!("UPDATE tenant_guard.api_keys SET revoked_at = NULL WHERE created_by = '{ADMIN_A}'"));
-    assert_eq!(sqlstate(&auth(&mut app, &admin_key)).as_deref(), Some("28000"), "a creator who left still vouches for the key");
+    assert_eq!(
+        sqlstate(&auth(&mut app, &admin_key)).as_deref(),
+        Some("28000"),
+        "a creator who left still vouches for the key"
+    );
     auth(&mut app, &owner_key).unwrap();
 }
 
@@ -237,7 +293,13 @@ fn approvals_cover_only_what_the_approver_saw() {
          GRANT SELECT, INSERT, UPDATE ON requests TO app; GRANT USAGE ON SEQUENCE requests_id_seq TO app;",
     );
     let mut svc = db.svc();
-    let key = val(&mut svc, &format!("SELECT * FROM tenant_guard.import_api_key_hash('{}', 'bot', sha256('legacy-bot-key-0123456789'), 'admin')", w.org_a));
+    let key = val(
+        &mut svc,
+        &format!(
+            "SELECT * FROM tenant_guard.import_api_key_hash('{}', 'bot', sha256('legacy-bot-key-0123456789'), 'admin')",
+            w.org_a
+        ),
+    );
     assert!(key.is_some());
     let mut app = db.app();
     // (a) An API key files a request with no requester.
@@ -248,7 +310,10 @@ fn approvals_cover_only_what_the_approver_saw() {
     exec(&mut app, "ROLLBACK");
     // A proper request, approved by the admin.
     begin_as(&mut app, &w.org_a, MEMBER_A);
-    exec(&mut app, &format!("INSERT INTO requests (org_id, requester, amount) VALUES ('{}', '{MEMBER_A}', 10); COMMIT", w.org_a));
+    exec(
+        &mut app,
+        &format!("INSERT INTO requests (org_id, requester, amount) VALUES ('{}', '{MEMBER_A}', 10); COMMIT", w.org_a),
+    );
     begin_as(&mut app, &w.org_a, ADMIN_A);
     exec(&mut app, &format!("UPDATE requests SET approver = '{ADMIN_A}'; COMMIT"));
     // (b) After approval, an API key (or anyone but the approver) changes the content.
@@ -297,7 +362,11 @@ fn a_limiting_bucket_is_never_evicted() {
     // buckets, and its webhooks are still admitted.
     let w = world(&db);
     begin_as(&mut app, &w.org_b, OWNER_B);
-    assert_eq!(val(&mut app, "SELECT tenant_guard.rate_limit('login:carol', 1, '1 hour')").unwrap(), "t", "one flooder denied other tenants");
+    assert_eq!(
+        val(&mut app, "SELECT tenant_guard.rate_limit('login:carol', 1, '1 hour')").unwrap(),
+        "t",
+        "one flooder denied other tenants"
+    );
     val(&mut app, "SELECT endpoint_id FROM tenant_guard.create_webhook_endpoint('https://hooks.example.com/b')");
     assert_eq!(val(&mut app, "SELECT tenant_guard.enqueue_webhook('e', '{}')").unwrap(), "1");
     exec(&mut app, "COMMIT");
@@ -374,7 +443,8 @@ fn webhook_urls_are_judged_by_their_canonical_host() {
             assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
         } else {
             let id: String = r.unwrap_or_else(|e| panic!("{url}: {e}"))[0].get(0);
-            let got = val(&mut app, &format!("SELECT url FROM tenant_guard.webhook_endpoints WHERE id = '{id}'")).unwrap();
+            let got =
+                val(&mut app, &format!("SELECT url FROM tenant_guard.webhook_endpoints WHERE id = '{id}'")).unwrap();
             assert_eq!(got, stored);
         }
         exec(&mut app, "ROLLBACK TO SAVEPOINT s");
@@ -493,7 +563,10 @@ fn outbox_claims_are_fair_across_orgs_and_enqueue_is_bounded() {
     }
     // Org A floods first; org B enqueues one delivery afterwards.
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    exec(&mut app, "SELECT tenant_guard.enqueue_webhook('e', jsonb_build_object('n', g)) FROM generate_series(1, 300) g; COMMIT");
+    exec(
+        &mut app,
+        "SELECT tenant_guard.enqueue_webhook('e', jsonb_build_object('n', g)) FROM generate_series(1, 300) g; COMMIT",
+    );
     begin_as(&mut app, &w.org_b, OWNER_B);
     exec(&mut app, "SELECT tenant_guard.enqueue_webhook('e', '{\"b\": 1}'); COMMIT");
     let mut svc = db.svc();
@@ -507,7 +580,9 @@ fn outbox_claims_are_fair_across_orgs_and_enqueue_is_bounded() {
     exec(&mut app, "ROLLBACK");
     // And an org cannot enqueue without bound.
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    let r = app.simple_query("DO $$ BEGIN FOR i IN 1..12000 LOOP PERFORM tenant_guard.enqueue_webhook('e', '{}'); END LOOP; END $$");
+    let r = app.simple_query(
+        "DO $$ BEGIN FOR i IN 1..12000 LOOP PERFORM tenant_guard.enqueue_webhook('e', '{}'); END LOOP; END $$",
+    );
     assert_eq!(sqlstate(&r).as_deref(), Some("53400"), "{}", message(&r));
     exec(&mut app, "ROLLBACK");
 }
@@ -531,7 +606,11 @@ fn literal_secrets_stay_out_of_statement_lines() {
     assert!(app.simple_query(&format!("SELECT tenant_guard.put_secret('k', 'n', '{s2}')::int")).is_err());
     exec(&mut app, "ROLLBACK");
     begin_as(&mut app, &w.org_a, OWNER_A);
-    assert!(app.simple_query(&format!("SELECT tenant_guard.put_wordpress_credentials('https://wp.example.com', 'admin', '{s3}')::int")).is_err());
+    assert!(app
+        .simple_query(&format!(
+            "SELECT tenant_guard.put_wordpress_credentials('https://wp.example.com', 'admin', '{s3}')::int"
+        ))
+        .is_err());
     exec(&mut app, "ROLLBACK");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = cluster().server_log();

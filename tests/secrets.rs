@@ -54,14 +54,23 @@ fn large_values_exact_names_and_same_transaction_reads() {
     let org = w.org_a.as_str();
     exec(&mut svc, "BEGIN");
     svc.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'blob', 'Big', $2)", &[&org, &big]).unwrap();
-    assert_eq!(get(&mut svc, org, "blob", "Big").unwrap().as_deref(), Some(big.as_str()), "read in the same transaction");
+    assert_eq!(
+        get(&mut svc, org, "blob", "Big").unwrap().as_deref(),
+        Some(big.as_str()),
+        "read in the same transaction"
+    );
     exec(&mut svc, "COMMIT");
     let mut dba = db.dba();
-    let external = val(&mut dba, "SELECT pg_relation_size(reltoastrelid) > 0 FROM pg_class WHERE oid = 'tenant_guard.secrets'::regclass").unwrap();
+    let external = val(
+        &mut dba,
+        "SELECT pg_relation_size(reltoastrelid) > 0 FROM pg_class WHERE oid = 'tenant_guard.secrets'::regclass",
+    )
+    .unwrap();
     assert_eq!(external, "t", "the envelope went to the TOAST table");
     assert_eq!(get(&mut svc, org, "blob", "Big").unwrap().as_deref(), Some(big.as_str()));
     for (name, secret) in [("big", "lower"), ("BIG", "upper"), ("Bïg", "accent"), ("Big ", "trailing space")] {
-        svc.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'blob', $2, $3)", &[&org, &name, &secret]).unwrap();
+        svc.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'blob', $2, $3)", &[&org, &name, &secret])
+            .unwrap();
     }
     for (name, secret) in [("big", "lower"), ("BIG", "upper"), ("Bïg", "accent"), ("Big ", "trailing space")] {
         assert_eq!(get(&mut svc, org, "blob", name).unwrap().as_deref(), Some(secret), "{name:?}");
@@ -86,7 +95,10 @@ fn lookups_follow_a_recreated_extension_on_the_same_connection() {
     dba.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'k', 'n', 'first')", &[&org]).unwrap();
     assert_eq!(get(&mut dba, org, "k", "n").unwrap().as_deref(), Some("first"));
     // (a key of a foreign format skips the checksum and is looked up: api_keys' OIDs are cached too)
-    assert_eq!(sqlstate(&dba.simple_query("SELECT tenant_guard.authenticate('legacy-key-1')")).as_deref(), Some("28000"));
+    assert_eq!(
+        sqlstate(&dba.simple_query("SELECT tenant_guard.authenticate('legacy-key-1')")).as_deref(),
+        Some("28000")
+    );
     // Let the request-log writer finish with that entry: a DROP EXTENSION
     // racing a writing writer can deadlock with it (PostgreSQL resolves it by
     // failing one of them).
@@ -96,7 +108,11 @@ fn lookups_follow_a_recreated_extension_on_the_same_connection() {
     let org2 = val(&mut dba, &format!("SELECT tenant_guard.create_organization('again', '{OWNER_A}')")).unwrap();
     dba.execute("SELECT tenant_guard.put_secret_for($1::text::uuid, 'k', 'n', 'second')", &[&org2]).unwrap();
     assert_eq!(get(&mut dba, &org2, "k", "n").unwrap().as_deref(), Some("second"));
-    assert_eq!(sqlstate(&dba.simple_query("SELECT tenant_guard.authenticate('legacy-key-1')")).as_deref(), Some("28000"), "api_keys too");
+    assert_eq!(
+        sqlstate(&dba.simple_query("SELECT tenant_guard.authenticate('legacy-key-1')")).as_deref(),
+        Some("28000"),
+        "api_keys too"
+    );
 }
 
 #[test]
@@ -124,7 +140,10 @@ fn who_may_do_what() {
     }
     // Admins list metadata of their own org, never the ciphertext.
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    assert_eq!(val(&mut app, "SELECT string_agg(kind || '/' || name, ',') FROM tenant_guard.secrets").unwrap(), "github/token");
+    assert_eq!(
+        val(&mut app, "SELECT string_agg(kind || '/' || name, ',') FROM tenant_guard.secrets").unwrap(),
+        "github/token"
+    );
     exec(&mut app, "SAVEPOINT s");
     assert_eq!(sqlstate(&app.simple_query("SELECT ciphertext FROM tenant_guard.secrets")).as_deref(), Some("42501"));
     exec(&mut app, "ROLLBACK");
@@ -144,7 +163,10 @@ fn ciphertext_is_bound_to_its_row_and_tamper_evident() {
     put(&mut app, &w.org_b, OWNER_B, "smtp", "password", "bravo-password");
     put(&mut app, &w.org_a, ADMIN_A, "smtp", "other", "another-of-a");
     let orig: Vec<u8> = dba
-        .query_one(&format!("SELECT ciphertext FROM tenant_guard.secrets WHERE org_id = '{}' AND name = 'password'", w.org_b), &[])
+        .query_one(
+            &format!("SELECT ciphertext FROM tenant_guard.secrets WHERE org_id = '{}' AND name = 'password'", w.org_b),
+            &[],
+        )
         .unwrap()
         .get(0);
     // Copy A's ciphertext over B's row, and over another name of A.
@@ -180,10 +202,14 @@ fn ciphertext_is_bound_to_its_row_and_tamper_evident() {
         assert!(matches!(sqlstate(&r).as_deref(), Some("XX001")), "truncated to {n}: {}", full_error(&r));
     }
     // encrypt/decrypt with associated data.
-    let env: Vec<u8> = svc.query_one("SELECT tenant_guard.encrypt('payload'::bytea, 'ctx-1'::bytea)", &[]).unwrap().get(0);
+    let env: Vec<u8> =
+        svc.query_one("SELECT tenant_guard.encrypt('payload'::bytea, 'ctx-1'::bytea)", &[]).unwrap().get(0);
     let back: Vec<u8> = svc.query_one("SELECT tenant_guard.decrypt($1, 'ctx-1'::bytea)", &[&env]).unwrap().get(0);
     assert_eq!(back, b"payload");
-    assert_eq!(sqlstate(&svc.query_one("SELECT tenant_guard.decrypt($1, 'ctx-2'::bytea)", &[&env])).as_deref(), Some("XX001"));
+    assert_eq!(
+        sqlstate(&svc.query_one("SELECT tenant_guard.decrypt($1, 'ctx-2'::bytea)", &[&env])).as_deref(),
+        Some("XX001")
+    );
 }
 
 #[test]
@@ -201,7 +227,11 @@ fn fresh_nonce_every_write_and_no_plaintext_anywhere_on_disk() {
     assert_ne!(c1[5..17], c2[5..17], "new nonce");
     // WordPress credentials too.
     begin_as(&mut app, &w.org_a, ADMIN_A);
-    app.execute("SELECT tenant_guard.put_wordpress_credentials('https://blog.example.com', 'editor', $1)", &[&"WPPASS-MARKER-2b8d aaaa bbbb"]).unwrap();
+    app.execute(
+        "SELECT tenant_guard.put_wordpress_credentials('https://blog.example.com', 'editor', $1)",
+        &[&"WPPASS-MARKER-2b8d aaaa bbbb"],
+    )
+    .unwrap();
     exec(&mut app, "COMMIT");
     // pg_dump
     let port = cluster().port.to_string();
@@ -243,12 +273,26 @@ fn wordpress_credentials() {
     exec(&mut app, "SELECT tenant_guard.put_wordpress_credentials('https://Blog.Example.com/', 'editor', 'abcd EFGH ijkl MNOP qrst UVWX')");
     exec(&mut app, "COMMIT");
     let mut svc = db.svc();
-    let r = rows(&mut svc, &format!("SELECT * FROM tenant_guard.get_wordpress_credentials('{}', 'https://blog.example.com')", w.org_a));
+    let r = rows(
+        &mut svc,
+        &format!("SELECT * FROM tenant_guard.get_wordpress_credentials('{}', 'https://blog.example.com')", w.org_a),
+    );
     assert_eq!(r, vec![vec![Some("editor".to_string()), Some("abcd EFGH ijkl MNOP qrst UVWX".to_string())]]);
-    let auth = val(&mut svc, &format!("SELECT tenant_guard.wordpress_authorization('{}', 'https://blog.example.com/')", w.org_a)).unwrap();
+    let auth = val(
+        &mut svc,
+        &format!("SELECT tenant_guard.wordpress_authorization('{}', 'https://blog.example.com/')", w.org_a),
+    )
+    .unwrap();
     use base64::Engine;
-    assert_eq!(auth, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("editor:abcd EFGH ijkl MNOP qrst UVWX")));
-    assert!(rows(&mut svc, &format!("SELECT * FROM tenant_guard.get_wordpress_credentials('{}', 'https://blog.example.com')", w.org_b)).is_empty());
+    assert_eq!(
+        auth,
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("editor:abcd EFGH ijkl MNOP qrst UVWX"))
+    );
+    assert!(rows(
+        &mut svc,
+        &format!("SELECT * FROM tenant_guard.get_wordpress_credentials('{}', 'https://blog.example.com')", w.org_b)
+    )
+    .is_empty());
 }
 
 #[test]
@@ -256,10 +300,14 @@ fn python_cryptography_decrypts_our_envelope_from_the_readme_alone() {
     let db = cluster().fresh_db();
     let w = world(&db);
     let mut svc = db.svc();
-    let env: Vec<u8> = svc.query_one("SELECT tenant_guard.encrypt(convert_to('hello from rust', 'UTF8'), 'my-aad'::bytea)", &[]).unwrap().get(0);
+    let env: Vec<u8> = svc
+        .query_one("SELECT tenant_guard.encrypt(convert_to('hello from rust', 'UTF8'), 'my-aad'::bytea)", &[])
+        .unwrap()
+        .get(0);
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/decrypt_envelope.py");
-    let out = std::process::Command::new("python3").args([script, PASSPHRASE, &hex(&env), &hex(b"my-aad")]).output().unwrap();
+    let out =
+        std::process::Command::new("python3").args([script, PASSPHRASE, &hex(&env), &hex(b"my-aad")]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from rust");
     // A stored secret, with the documented row binding.
@@ -303,14 +351,18 @@ fn pgcrypto_migration() {
     let r = svc.query_one("SELECT tenant_guard.import_pgcrypto_secrets('legacy_secrets', 'wrong-key')", &[]);
     assert!(r.is_err(), "a wrong pgcrypto key fails");
     assert_eq!(val(&mut dba, "SELECT count(*) FROM tenant_guard.secrets").unwrap(), "0", "nothing half-imported");
-    let n: i64 = svc.query_one("SELECT tenant_guard.import_pgcrypto_secrets('legacy_secrets', 'old-app-key')", &[]).unwrap().get(0);
+    let n: i64 = svc
+        .query_one("SELECT tenant_guard.import_pgcrypto_secrets('legacy_secrets', 'old-app-key')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
     assert_eq!(get(&mut svc, &w.org_a, "stripe", "live").unwrap().as_deref(), Some("sk_live_legacy_a"));
     assert_eq!(get(&mut svc, &w.org_a, "smtp", "password").unwrap().as_deref(), Some("smtp-legacy-a"));
     assert_eq!(get(&mut svc, &w.org_b, "stripe", "live").unwrap().as_deref(), Some("sk_live_legacy_b"));
     let mut app = db.app();
     assert_eq!(
-        sqlstate(&app.simple_query("SELECT tenant_guard.import_pgcrypto_secrets('legacy_secrets', 'old-app-key')")).as_deref(),
+        sqlstate(&app.simple_query("SELECT tenant_guard.import_pgcrypto_secrets('legacy_secrets', 'old-app-key')"))
+            .as_deref(),
         Some("42501")
     );
 }
@@ -348,17 +400,26 @@ fn passphrase_rotation_with_reload() {
         total += n;
     }
     assert_eq!(total, 5, "every old row re-encrypted once");
-    assert_eq!(val(&mut svc, &format!("SELECT count(*) FROM tenant_guard.secrets WHERE key_id = {old_id}")).unwrap(), "0");
+    assert_eq!(
+        val(&mut svc, &format!("SELECT count(*) FROM tenant_guard.secrets WHERE key_id = {old_id}")).unwrap(),
+        "0"
+    );
 
     // The old passphrase can go.
-    c.write_secrets(&format!("tenant_guard.passphrase = '{p2}'\ntenant_guard.jwt_secret = '{}'\n", tenant_guard_harness::JWT_SECRET));
+    c.write_secrets(&format!(
+        "tenant_guard.passphrase = '{p2}'\ntenant_guard.jwt_secret = '{}'\n",
+        tenant_guard_harness::JWT_SECRET
+    ));
     for i in 0..5 {
         assert_eq!(get(&mut svc, &w.org_a, "k", &format!("n{i}")).unwrap(), Some(format!("value-{i}")));
     }
     assert_eq!(get(&mut svc, &w.org_a, "k", "new").unwrap().as_deref(), Some("written-after-rotation"));
 
     // Had we dropped the old passphrase too early, reads would say what to do.
-    c.write_secrets(&format!("tenant_guard.passphrase = '{p1}'\ntenant_guard.jwt_secret = '{}'\n", tenant_guard_harness::JWT_SECRET));
+    c.write_secrets(&format!(
+        "tenant_guard.passphrase = '{p1}'\ntenant_guard.jwt_secret = '{}'\n",
+        tenant_guard_harness::JWT_SECRET
+    ));
     let r = get(&mut svc, &w.org_a, "k", "n0");
     assert_eq!(sqlstate(&r).as_deref(), Some("XX001"));
     assert!(full_error(&r).contains("old_passphrases"), "{}", full_error(&r));

@@ -33,16 +33,32 @@ fn values(typ: &str, org: &str) -> (String, Vec<String>) {
                 "'*'".into(),
             ],
         ),
-        "uuid" => (format!("'{org}'"), v(&["NULL", "'00000000-0000-0000-0000-000000000000'", "'ffffffff-ffff-ffff-ffff-ffffffffffff'"])),
+        "uuid" => (
+            format!("'{org}'"),
+            v(&["NULL", "'00000000-0000-0000-0000-000000000000'", "'ffffffff-ffff-ffff-ffff-ffffffffffff'"]),
+        ),
         "bytea" => (
             "'\\x00'::bytea".into(),
-            vec!["NULL".into(), "''::bytea".into(), format!("convert_to({huge_text}, 'UTF8')"), "'\\x01'::bytea".into()],
+            vec![
+                "NULL".into(),
+                "''::bytea".into(),
+                format!("convert_to({huge_text}, 'UTF8')"),
+                "'\\x01'::bytea".into(),
+            ],
         ),
         "integer" => ("10".into(), v(&["NULL", "0", "-1", "2147483647", "-2147483648"])),
         "bigint" => ("1".into(), v(&["NULL", "0", "-1", "9223372036854775807", "-9223372036854775808"])),
         "interval" => (
             "'1 minute'".into(),
-            v(&["NULL", "'0'", "'-1 second'", "'1 microsecond'", "'178000000 years'", "'-178000000 years'", "'2147483647 days'"]),
+            v(&[
+                "NULL",
+                "'0'",
+                "'-1 second'",
+                "'1 microsecond'",
+                "'178000000 years'",
+                "'-178000000 years'",
+                "'2147483647 days'",
+            ]),
         ),
         "inet" => ("'192.0.2.1'".into(), v(&["NULL", "'::1'", "'0.0.0.0/0'"])),
         "text[]" | "name[]" => (
@@ -55,8 +71,13 @@ fn values(typ: &str, org: &str) -> (String, Vec<String>) {
                 format!("ARRAY[{huge_text}]"),
             ],
         ),
-        "jsonb" | "json" => ("'{}'".into(), vec!["NULL".into(), "'null'".into(), "'[]'".into(), format!("jsonb_build_object('x', {huge_text})")]),
-        "regclass" => ("'docs'".into(), v(&["NULL", "'pg_class'", "'tenant_guard.api_keys'", "'0'", "'tenant_guard.roles'"])),
+        "jsonb" | "json" => (
+            "'{}'".into(),
+            vec!["NULL".into(), "'null'".into(), "'[]'".into(), format!("jsonb_build_object('x', {huge_text})")],
+        ),
+        "regclass" => {
+            ("'docs'".into(), v(&["NULL", "'pg_class'", "'tenant_guard.api_keys'", "'0'", "'tenant_guard.roles'"]))
+        }
         "boolean" => ("true".into(), v(&["NULL", "false"])),
         "timestamp with time zone" => ("now()".into(), v(&["NULL", "'infinity'", "'-infinity'", "'epoch'"])),
         "oid" => ("0".into(), v(&["NULL", "4294967295", "'pg_class'::regclass::oid"])),
@@ -126,7 +147,9 @@ fn sweep(db: &Db, role: &str, context: Option<&str>, org: &str) -> usize {
             let shown = if call.len() > 300 { format!("{}...", &call[..300]) } else { call.clone() };
             match sqlstate(&r).as_deref() {
                 None => {}
-                Some("XX000") => failures.push(format!("XX000: {shown}: {}", &full_error(&r)[..full_error(&r).len().min(300)])),
+                Some("XX000") => {
+                    failures.push(format!("XX000: {shown}: {}", &full_error(&r)[..full_error(&r).len().min(300)]))
+                }
                 Some("57014") => failures.push(format!("hang (statement_timeout): {shown}")),
                 Some(code) if code.starts_with("non-db error") => {
                     failures.push(format!("connection lost: {shown}: {code}"));

@@ -12,7 +12,15 @@ const TS: i64 = 1614265330;
 const PAYLOAD: &str = r#"{"test": 2432232314}"#;
 const EXPECTED: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
-fn verify(c: &mut Client, secret: &str, id: &str, ts: i64, payload: &str, header: Option<&str>, tolerance: Option<&str>) -> bool {
+fn verify(
+    c: &mut Client,
+    secret: &str,
+    id: &str,
+    ts: i64,
+    payload: &str,
+    header: Option<&str>,
+    tolerance: Option<&str>,
+) -> bool {
     c.query_one(
         "SELECT tenant_guard.webhook_verify($1, $2, $3, $4, $5, $6::text::interval)",
         &[&secret, &id, &ts, &payload, &header, &tolerance],
@@ -25,18 +33,33 @@ fn verify(c: &mut Client, secret: &str, id: &str, ts: i64, payload: &str, header
 fn standard_webhooks_known_answer_and_attacks() {
     let db = cluster().fresh_db();
     let mut app = db.app();
-    let sig: String = app.query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &TS, &PAYLOAD]).unwrap().get(0);
+    let sig: String = app
+        .query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &TS, &PAYLOAD])
+        .unwrap()
+        .get(0);
     assert_eq!(sig, EXPECTED);
     assert!(verify(&mut app, SECRET, MSG, TS, PAYLOAD, Some(EXPECTED), None), "NULL tolerance skips the time check");
-    assert!(!verify(&mut app, SECRET, MSG, TS, PAYLOAD, Some(EXPECTED), Some("5 minutes")), "a 2021 timestamp is stale");
+    assert!(
+        !verify(&mut app, SECRET, MSG, TS, PAYLOAD, Some(EXPECTED), Some("5 minutes")),
+        "a 2021 timestamp is stale"
+    );
     let now = now();
-    let fresh: String = app.query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &now, &PAYLOAD]).unwrap().get(0);
+    let fresh: String = app
+        .query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &now, &PAYLOAD])
+        .unwrap()
+        .get(0);
     assert!(verify(&mut app, SECRET, MSG, now, PAYLOAD, Some(&fresh), Some("5 minutes")));
     assert!(!verify(&mut app, SECRET, MSG, now, r#"{"test": 1}"#, Some(&fresh), Some("5 minutes")), "tampered payload");
-    assert!(!verify(&mut app, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAA", MSG, now, PAYLOAD, Some(&fresh), None), "wrong secret");
+    assert!(
+        !verify(&mut app, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAA", MSG, now, PAYLOAD, Some(&fresh), None),
+        "wrong secret"
+    );
     assert!(!verify(&mut app, SECRET, "msg_other", now, PAYLOAD, Some(&fresh), None), "wrong id");
     for (ts, what) in [(now - 600, "stale"), (now + 600, "future")] {
-        let s: String = app.query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &ts, &PAYLOAD]).unwrap().get(0);
+        let s: String = app
+            .query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &ts, &PAYLOAD])
+            .unwrap()
+            .get(0);
         assert!(!verify(&mut app, SECRET, MSG, ts, PAYLOAD, Some(&s), Some("5 minutes")), "{what}");
     }
     // Several signatures: any valid v1 passes, other versions are ignored.
@@ -46,7 +69,10 @@ fn standard_webhooks_known_answer_and_attacks() {
         assert!(!verify(&mut app, SECRET, MSG, TS, PAYLOAD, Some(bad), None), "{bad:?}");
     }
     assert!(!verify(&mut app, SECRET, MSG, TS, PAYLOAD, None, None), "NULL header");
-    assert!(!verify(&mut app, "whsec_%%%not-base64", MSG, TS, PAYLOAD, Some(EXPECTED), None), "malformed secret is false");
+    assert!(
+        !verify(&mut app, "whsec_%%%not-base64", MSG, TS, PAYLOAD, Some(EXPECTED), None),
+        "malformed secret is false"
+    );
     let r = app.query_one("SELECT tenant_guard.webhook_sign('whsec_%%%', 'm', 1, 'p')", &[]);
     assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
 }
@@ -66,7 +92,8 @@ fn hmac_sha256_agrees_with_pgcrypto() {
     assert_eq!(val(&mut dba, "SELECT count(*) FROM generate_series(1, 2000)").unwrap(), "2000");
     // RFC 4231 case 2 through SQL.
     assert_eq!(
-        val(&mut dba, "SELECT encode(tenant_guard.hmac_sha256('what do ya want for nothing?', 'Jefe'), 'hex')").unwrap(),
+        val(&mut dba, "SELECT encode(tenant_guard.hmac_sha256('what do ya want for nothing?', 'Jefe'), 'hex')")
+            .unwrap(),
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     );
 }
@@ -80,11 +107,19 @@ fn stripe_github_slack() {
     let secret = "whsec_stripe_endpoint_secret";
     let body = r#"{"id":"evt_1","type":"invoice.paid"}"#;
     let good: String = dba
-        .query_one("SELECT 't=' || $1::bigint || ',v1=' || encode(hmac($1::bigint || '.' || $2, $3, 'sha256'), 'hex')", &[&now, &body, &secret])
+        .query_one(
+            "SELECT 't=' || $1::bigint || ',v1=' || encode(hmac($1::bigint || '.' || $2, $3, 'sha256'), 'hex')",
+            &[&now, &body, &secret],
+        )
         .unwrap()
         .get(0);
     let stripe = |c: &mut Client, payload: &str, header: &str, tol: Option<&str>| -> bool {
-        c.query_one("SELECT tenant_guard.verify_stripe_signature($1, $2, $3, $4::text::interval)", &[&secret, &payload, &header, &tol]).unwrap().get(0)
+        c.query_one(
+            "SELECT tenant_guard.verify_stripe_signature($1, $2, $3, $4::text::interval)",
+            &[&secret, &payload, &header, &tol],
+        )
+        .unwrap()
+        .get(0)
     };
     assert!(stripe(&mut dba, body, &good, Some("5 minutes")));
     assert!(stripe(&mut dba, body, &format!("{good},v1={}", "ab".repeat(32)), Some("5 minutes")), "several v1");
@@ -95,9 +130,17 @@ fn stripe_github_slack() {
         assert!(!stripe(&mut dba, body, bad, None), "{bad:?}");
     }
     // GitHub
-    let gh: String = dba.query_one("SELECT 'sha256=' || encode(hmac(convert_to($1, 'UTF8'), 'gh-secret', 'sha256'), 'hex')", &[&body]).unwrap().get(0);
+    let gh: String = dba
+        .query_one("SELECT 'sha256=' || encode(hmac(convert_to($1, 'UTF8'), 'gh-secret', 'sha256'), 'hex')", &[&body])
+        .unwrap()
+        .get(0);
     let github = |c: &mut Client, payload: &str, header: Option<&str>| -> bool {
-        c.query_one("SELECT tenant_guard.verify_github_signature('gh-secret', convert_to($1, 'UTF8'), $2)", &[&payload, &header]).unwrap().get(0)
+        c.query_one(
+            "SELECT tenant_guard.verify_github_signature('gh-secret', convert_to($1, 'UTF8'), $2)",
+            &[&payload, &header],
+        )
+        .unwrap()
+        .get(0)
     };
     assert!(github(&mut dba, body, Some(&gh)));
     assert!(!github(&mut dba, "x", Some(&gh)));
@@ -106,11 +149,16 @@ fn stripe_github_slack() {
     }
     // Slack
     let sl: String = dba
-        .query_one("SELECT 'v0=' || encode(hmac('v0:' || $1::bigint || ':' || $2, 'slack-secret', 'sha256'), 'hex')", &[&now, &body])
+        .query_one(
+            "SELECT 'v0=' || encode(hmac('v0:' || $1::bigint || ':' || $2, 'slack-secret', 'sha256'), 'hex')",
+            &[&now, &body],
+        )
         .unwrap()
         .get(0);
     let slack = |c: &mut Client, ts: i64, header: &str| -> bool {
-        c.query_one("SELECT tenant_guard.verify_slack_signature('slack-secret', $1, $2, $3)", &[&ts, &body, &header]).unwrap().get(0)
+        c.query_one("SELECT tenant_guard.verify_slack_signature('slack-secret', $1, $2, $3)", &[&ts, &body, &header])
+            .unwrap()
+            .get(0)
     };
     assert!(slack(&mut dba, now, &sl));
     assert!(!slack(&mut dba, now + 1, &sl));
@@ -123,27 +171,44 @@ fn replayed_ids_are_refused() {
     let db = cluster().fresh_db();
     let mut app = db.svc(); // inbound webhook handlers are server code
     let now = now();
-    let sig: String = app.query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &now, &PAYLOAD]).unwrap().get(0);
+    let sig: String = app
+        .query_one("SELECT tenant_guard.webhook_sign($1, $2, $3, $4)", &[&SECRET, &MSG, &now, &PAYLOAD])
+        .unwrap()
+        .get(0);
     let once = |c: &mut Client, source: &str, header: &str| -> bool {
-        c.query_one("SELECT tenant_guard.webhook_verify_once($1, $2, $3, $4, $5, $6)", &[&source, &SECRET, &MSG, &now, &PAYLOAD, &header]).unwrap().get(0)
+        c.query_one(
+            "SELECT tenant_guard.webhook_verify_once($1, $2, $3, $4, $5, $6)",
+            &[&source, &SECRET, &MSG, &now, &PAYLOAD, &header],
+        )
+        .unwrap()
+        .get(0)
     };
     assert!(!once(&mut app, "billing", "v1,AAAA"), "an invalid delivery is not recorded");
     assert!(once(&mut app, "billing", &sig), "first delivery");
     assert!(!once(&mut app, "billing", &sig), "replay refused");
     assert!(!once(&mut app, "billing", &sig), "replay refused again");
     assert!(once(&mut app, "other-source", &sig), "sources are separate");
-    let r = app.query_one("SELECT tenant_guard.webhook_verify_once('x', $1, 'm', 1, 'p', 'v1,AAAA', '100 years')", &[&SECRET]);
+    let r = app
+        .query_one("SELECT tenant_guard.webhook_verify_once('x', $1, 'm', 1, 'p', 'v1,AAAA', '100 years')", &[&SECRET]);
     assert_eq!(sqlstate(&r).as_deref(), Some("22023"), "the window is capped");
     // A plain role can neither record ids (and so block real deliveries) nor touch the table.
     let mut plain = db.app();
-    let r = plain.query_one("SELECT tenant_guard.webhook_verify_once('billing', $1, 'msg_future', $2, $3, $4)", &[&SECRET, &now, &PAYLOAD, &sig]);
+    let r = plain.query_one(
+        "SELECT tenant_guard.webhook_verify_once('billing', $1, 'msg_future', $2, $3, $4)",
+        &[&SECRET, &now, &PAYLOAD, &sig],
+    );
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
     assert_eq!(sqlstate(&plain.simple_query("DELETE FROM tenant_guard.webhook_seen")).as_deref(), Some("42501"));
 }
 
 fn endpoint(app: &mut Client, org: &str, user: &str, url: &str) -> (String, String) {
     begin_as(app, org, user);
-    let r = rows(app, &format!("SELECT endpoint_id, secret FROM tenant_guard.create_webhook_endpoint('{url}', ARRAY['invoice.paid'])"));
+    let r = rows(
+        app,
+        &format!(
+            "SELECT endpoint_id, secret FROM tenant_guard.create_webhook_endpoint('{url}', ARRAY['invoice.paid'])"
+        ),
+    );
     exec(app, "COMMIT");
     (r[0][0].clone().unwrap(), r[0][1].clone().unwrap())
 }
@@ -186,7 +251,10 @@ fn endpoints_and_signed_outbox() {
     }
     // A public literal address is fine.
     exec(&mut app, "SAVEPOINT s");
-    assert_eq!(sqlstate(&app.simple_query("SELECT * FROM tenant_guard.create_webhook_endpoint('https://93.184.216.34/hook')")), None);
+    assert_eq!(
+        sqlstate(&app.simple_query("SELECT * FROM tenant_guard.create_webhook_endpoint('https://93.184.216.34/hook')")),
+        None
+    );
     exec(&mut app, "ROLLBACK TO SAVEPOINT s");
     // Endpoint secrets are managed by these functions only.
     let r = app.simple_query("SELECT tenant_guard.put_secret('webhook', 'x:current', 'whsec_AAAA')");
@@ -201,8 +269,15 @@ fn endpoints_and_signed_outbox() {
     endpoint(&mut app, &w.org_b, OWNER_B, "https://b.example.com/hook");
 
     begin_as(&mut app, &w.org_a, MEMBER_A);
-    assert_eq!(val(&mut app, r#"SELECT tenant_guard.enqueue_webhook('invoice.paid', '{"invoice": 42}')"#).unwrap(), "1");
-    assert_eq!(val(&mut app, r#"SELECT tenant_guard.enqueue_webhook('user.created', '{}')"#).unwrap(), "0", "not subscribed");
+    assert_eq!(
+        val(&mut app, r#"SELECT tenant_guard.enqueue_webhook('invoice.paid', '{"invoice": 42}')"#).unwrap(),
+        "1"
+    );
+    assert_eq!(
+        val(&mut app, r#"SELECT tenant_guard.enqueue_webhook('user.created', '{}')"#).unwrap(),
+        "0",
+        "not subscribed"
+    );
     exec(&mut app, "COMMIT");
     begin_as(&mut app, &w.org_b, OWNER_B);
     assert_eq!(val(&mut app, r#"SELECT tenant_guard.enqueue_webhook('invoice.paid', '{"invoice": 7}')"#).unwrap(), "1");
@@ -215,17 +290,44 @@ fn endpoints_and_signed_outbox() {
     let delivery = ids[0][0].clone().unwrap();
     assert!(receiver_accepts(&mut app, &secret_a, &delivery));
     assert!(!receiver_accepts(&mut app, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &delivery));
-    assert_eq!(val(&mut app, &format!("SELECT endpoint_id FROM tenant_guard.webhook_outbox WHERE id = '{delivery}'")).unwrap(), ep_a);
+    assert_eq!(
+        val(&mut app, &format!("SELECT endpoint_id FROM tenant_guard.webhook_outbox WHERE id = '{delivery}'")).unwrap(),
+        ep_a
+    );
     exec(&mut app, "COMMIT");
     begin_as(&mut app, &w.org_a, MEMBER_A);
-    assert_eq!(val(&mut app, "SELECT count(*) FROM tenant_guard.webhook_outbox").unwrap(), "0", "members do not read the outbox");
+    assert_eq!(
+        val(&mut app, "SELECT count(*) FROM tenant_guard.webhook_outbox").unwrap(),
+        "0",
+        "members do not read the outbox"
+    );
     exec(&mut app, "COMMIT");
     // The signing secret is stored encrypted, and only the service role could decrypt it.
     let mut dba = db.dba();
-    assert_eq!(val(&mut dba, &format!("SELECT count(*) FROM tenant_guard.secrets WHERE kind = 'webhook' AND name = '{ep_a}:current'")).unwrap(), "1");
-    assert_eq!(val(&mut dba, &format!("SELECT count(*) FROM tenant_guard.secrets WHERE position(convert_to('{}', 'UTF8') IN ciphertext) > 0", &secret_a[6..])).unwrap(), "0");
+    assert_eq!(
+        val(
+            &mut dba,
+            &format!("SELECT count(*) FROM tenant_guard.secrets WHERE kind = 'webhook' AND name = '{ep_a}:current'")
+        )
+        .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        val(
+            &mut dba,
+            &format!(
+                "SELECT count(*) FROM tenant_guard.secrets WHERE position(convert_to('{}', 'UTF8') IN ciphertext) > 0",
+                &secret_a[6..]
+            )
+        )
+        .unwrap(),
+        "0"
+    );
     // Only the service role delivers.
-    assert_eq!(sqlstate(&app.simple_query("SELECT * FROM tenant_guard.claim_webhook_deliveries(10)")).as_deref(), Some("42501"));
+    assert_eq!(
+        sqlstate(&app.simple_query("SELECT * FROM tenant_guard.claim_webhook_deliveries(10)")).as_deref(),
+        Some("42501")
+    );
 }
 
 #[test]
@@ -270,20 +372,36 @@ fn claims_are_exclusive_and_failures_back_off() {
     assert_eq!(all.len(), 40, "each delivery went to exactly one worker");
 
     let mut svc = db.svc();
-    assert_eq!(val(&mut svc, &format!("SELECT tenant_guard.complete_webhook_delivery('{}', true, 200)", all[0])).unwrap(), "delivered");
-    assert_eq!(val(&mut svc, &format!("SELECT tenant_guard.complete_webhook_delivery('{}', false, 500, 'boom')", all[1])).unwrap(), "pending");
+    assert_eq!(
+        val(&mut svc, &format!("SELECT tenant_guard.complete_webhook_delivery('{}', true, 200)", all[0])).unwrap(),
+        "delivered"
+    );
+    assert_eq!(
+        val(&mut svc, &format!("SELECT tenant_guard.complete_webhook_delivery('{}', false, 500, 'boom')", all[1]))
+            .unwrap(),
+        "pending"
+    );
     assert_eq!(
         val(&mut svc, &format!("SELECT next_attempt_at > now() + interval '20 seconds' FROM tenant_guard.webhook_outbox WHERE id = '{}'", all[1])).unwrap(),
         "t",
         "retry is pushed back"
     );
-    assert!(rows(&mut svc, "SELECT * FROM tenant_guard.claim_webhook_deliveries(100)").is_empty(), "nothing due: the retry waits");
+    assert!(
+        rows(&mut svc, "SELECT * FROM tenant_guard.claim_webhook_deliveries(100)").is_empty(),
+        "nothing due: the retry waits"
+    );
     let r = svc.simple_query(&format!("SELECT tenant_guard.complete_webhook_delivery('{}', true)", all[0]));
     assert_eq!(sqlstate(&r).as_deref(), Some("02000"), "completing twice");
     // Give up after max_attempts.
     let mut dba = db.dba();
-    exec(&mut dba, &format!("UPDATE tenant_guard.webhook_outbox SET status = 'in_flight', attempts = 12 WHERE id = '{}'", all[1]));
-    assert_eq!(val(&mut svc, &format!("SELECT tenant_guard.complete_webhook_delivery('{}', false, 500)", all[1])).unwrap(), "failed");
+    exec(
+        &mut dba,
+        &format!("UPDATE tenant_guard.webhook_outbox SET status = 'in_flight', attempts = 12 WHERE id = '{}'", all[1]),
+    );
+    assert_eq!(
+        val(&mut svc, &format!("SELECT tenant_guard.complete_webhook_delivery('{}', false, 500)", all[1])).unwrap(),
+        "failed"
+    );
 }
 
 #[test]
@@ -297,7 +415,11 @@ fn secret_rotation_signs_with_both_during_grace() {
     assert_ne!(new, old);
     exec(&mut app, r#"SELECT tenant_guard.enqueue_webhook('invoice.paid', '{"after": "rotation"}')"#);
     let d = val(&mut app, "SELECT id FROM tenant_guard.webhook_outbox").unwrap();
-    let header = val(&mut app, &format!("SELECT headers->>'webhook-signature' FROM tenant_guard.webhook_outbox WHERE id = '{d}'")).unwrap();
+    let header = val(
+        &mut app,
+        &format!("SELECT headers->>'webhook-signature' FROM tenant_guard.webhook_outbox WHERE id = '{d}'"),
+    )
+    .unwrap();
     assert_eq!(header.split(' ').count(), 2, "{header}");
     assert!(receiver_accepts(&mut app, &old, &d), "receivers still on the old secret accept");
     assert!(receiver_accepts(&mut app, &new, &d), "receivers on the new secret accept");
@@ -312,6 +434,9 @@ fn secret_rotation_signs_with_both_during_grace() {
     exec(&mut app, "ROLLBACK");
     // Another org cannot rotate it.
     begin_as(&mut app, &w.org_b, OWNER_B);
-    assert_eq!(sqlstate(&app.simple_query(&format!("SELECT tenant_guard.rotate_webhook_secret('{ep}')"))).as_deref(), Some("02000"));
+    assert_eq!(
+        sqlstate(&app.simple_query(&format!("SELECT tenant_guard.rotate_webhook_secret('{ep}')"))).as_deref(),
+        Some("02000")
+    );
     exec(&mut app, "ROLLBACK");
 }

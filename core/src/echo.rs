@@ -13,7 +13,8 @@ pub const MAX_ECHO: usize = 64;
 pub fn echo_max(s: &str, max: usize) -> String {
     let mut out = String::new();
     for c in s.chars() {
-        let piece: String = if c.is_ascii_graphic() || c == ' ' { c.to_string() } else { c.escape_default().to_string() };
+        let piece: String =
+            if c.is_ascii_graphic() || c == ' ' { c.to_string() } else { c.escape_default().to_string() };
         if out.len() + piece.len() > max {
             out.push_str("...");
             return out;

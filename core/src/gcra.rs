@@ -49,7 +49,10 @@ pub fn check(rate: Rate, stored_tat: Option<i64>, now: i64, quantity: i64) -> (D
         let remaining = ((now - (tat - rate.tolerance)) / t).max(0);
         (Decision { limited: true, remaining, reset_after: tat - now, retry_after }, tat)
     } else {
-        (Decision { limited: false, remaining: diff / t, reset_after: new_tat - now, retry_after: NOT_APPLICABLE }, new_tat)
+        (
+            Decision { limited: false, remaining: diff / t, reset_after: new_tat - now, retry_after: NOT_APPLICABLE },
+            new_tat,
+        )
     }
 }
 

@@ -113,7 +113,6 @@ pub fn split_old_passphrases(list: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
         .collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,7 +113,8 @@ pub fn parameters(text: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The settings whose values are secret.
-pub const SECRET_SETTINGS: [&[u8]; 3] = [b"tenant_guard.passphrase", b"tenant_guard.old_passphrases", b"tenant_guard.jwt_secret"];
+pub const SECRET_SETTINGS: [&[u8]; 3] =
+    [b"tenant_guard.passphrase", b"tenant_guard.old_passphrases", b"tenant_guard.jwt_secret"];
 
 fn find_ci(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() || haystack.len() < needle.len() {
@@ -212,7 +213,10 @@ pub fn setting_values(text: &[u8]) -> Option<Vec<u8>> {
             let rest = &text[i..];
             let op = if rest.starts_with(b"=") || rest.starts_with(b":") {
                 Some(1)
-            } else if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(b"to") && !rest.get(2).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+            } else if rest.len() >= 2
+                && rest[..2].eq_ignore_ascii_case(b"to")
+                && !rest.get(2).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            {
                 Some(2)
             } else if rest.len() >= 10 && rest[..10].eq_ignore_ascii_case(b"changed to") {
                 Some(10)
@@ -339,11 +343,23 @@ mod tests {
     #[test]
     fn secret_setting_values_are_cut() {
         let cases: [(&str, &str); 7] = [
-            ("parameter \"tenant_guard.passphrase\" changed to \"hunter2hunter2\"", "parameter \"tenant_guard.passphrase\" changed to"),
-            ("statement: ALTER SYSTEM SET tenant_guard.jwt_secret = 'abcdefgh'", "statement: ALTER SYSTEM SET tenant_guard.jwt_secret ="),
+            (
+                "parameter \"tenant_guard.passphrase\" changed to \"hunter2hunter2\"",
+                "parameter \"tenant_guard.passphrase\" changed to",
+            ),
+            (
+                "statement: ALTER SYSTEM SET tenant_guard.jwt_secret = 'abcdefgh'",
+                "statement: ALTER SYSTEM SET tenant_guard.jwt_secret =",
+            ),
             ("statement: set TENANT_GUARD.PASSPHRASE to abcdefgh", "statement: set TENANT_GUARD.PASSPHRASE to"),
-            ("invalid value for parameter \"tenant_guard.old_passphrases\": \"x\"", "invalid value for parameter \"tenant_guard.old_passphrases\":"),
-            ("syntax error in file \"/x/s.conf\" line 1, near token \"abcdef\"", "syntax error in file \"/x/s.conf\" line 1, near token \""),
+            (
+                "invalid value for parameter \"tenant_guard.old_passphrases\": \"x\"",
+                "invalid value for parameter \"tenant_guard.old_passphrases\":",
+            ),
+            (
+                "syntax error in file \"/x/s.conf\" line 1, near token \"abcdef\"",
+                "syntax error in file \"/x/s.conf\" line 1, near token \"",
+            ),
             ("ALTER ROLE app SET tenant_guard.passphrase='v'", "ALTER ROLE app SET tenant_guard.passphrase="),
             ("SET tenant_guard.passphrase\n  =\n 'v'", "SET tenant_guard.passphrase\n  ="),
         ];
@@ -351,10 +367,23 @@ mod tests {
             let out = s(setting_values(input.as_bytes()));
             assert!(out.starts_with(kept), "{input} -> {out}");
             assert!(out.len() <= input.len());
-            assert!(!out[kept.len()..].chars().any(|c| c.is_ascii_alphanumeric() && c != 'r' && c != 'e' && c != 'd' && c != 'a' && c != 'c' && c != 't'), "{out}");
+            assert!(
+                !out[kept.len()..].chars().any(|c| c.is_ascii_alphanumeric()
+                    && c != 'r'
+                    && c != 'e'
+                    && c != 'd'
+                    && c != 'a'
+                    && c != 'c'
+                    && c != 't'),
+                "{out}"
+            );
         }
         // Our own messages about the settings keep their text.
-        for msg in ["tenant_guard.passphrase is not set", "tenant_guard.passphrase is too short (minimum 32 bytes)", "tenant_guard.jwt_secret total"] {
+        for msg in [
+            "tenant_guard.passphrase is not set",
+            "tenant_guard.passphrase is too short (minimum 32 bytes)",
+            "tenant_guard.jwt_secret total",
+        ] {
             assert_eq!(setting_values(msg.as_bytes()), None, "{msg}");
         }
     }
@@ -372,7 +401,10 @@ mod tests {
 
     #[test]
     fn known_values_are_masked_everywhere() {
-        let out = s(known_values(b"a SECRETVALUE1 b SECRETVALUE1 c OTHERSECRET", &[b"SECRETVALUE1", b"OTHERSECRET", b"short"]));
+        let out = s(known_values(
+            b"a SECRETVALUE1 b SECRETVALUE1 c OTHERSECRET",
+            &[b"SECRETVALUE1", b"OTHERSECRET", b"short"],
+        ));
         assert_eq!(out, "a ************ b ************ c ***********");
         assert_eq!(known_values(b"nothing here", &[b"SECRETVALUE1"]), None);
         assert_eq!(known_values(b"short short", &[b"short"]), None, "short values are ignored");

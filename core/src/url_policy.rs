@@ -23,8 +23,22 @@ pub const MAX_URL_LEN: usize = 2048;
 
 /// Name suffixes that never reach the public internet (RFC 6761, 6762,
 /// 8375, 9476, 7686, and the common private-use ones).
-const LOCAL_SUFFIXES: &[&str] =
-    &["localhost", "local", "internal", "test", "invalid", "example", "onion", "arpa", "alt", "lan", "home", "corp", "intranet", "localdomain"];
+const LOCAL_SUFFIXES: &[&str] = &[
+    "localhost",
+    "local",
+    "internal",
+    "test",
+    "invalid",
+    "example",
+    "onion",
+    "arpa",
+    "alt",
+    "lan",
+    "home",
+    "corp",
+    "intranet",
+    "localdomain",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -43,7 +57,9 @@ impl fmt::Display for Refusal {
             Refusal::NotAUrl => "url is not a valid URL",
             Refusal::NotHttps => "url must be an https:// URL",
             Refusal::Credentials => "url must not contain a user name or password",
-            Refusal::LocalName => "url must name a public host (not localhost, a single label, or a local or reserved domain)",
+            Refusal::LocalName => {
+                "url must name a public host (not localhost, a single label, or a local or reserved domain)"
+            }
             Refusal::SpecialAddress => {
                 "url must not point at a loopback, private, link-local, documentation or other special-purpose address"
             }
@@ -142,10 +158,10 @@ fn in_v6(a: Ipv6Addr, net: [u16; 8], len: u32) -> bool {
 /// Global unicast (2000::/3) and outside the special ranges in it.
 pub fn public_v6(a: Ipv6Addr) -> bool {
     const SPECIAL: &[([u16; 8], u32)] = &[
-        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),      // IETF protocol assignments (Teredo, benchmarking, ORCHID)
-        ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),  // documentation
-        ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),      // 6to4 (embeds IPv4)
-        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),      // documentation (RFC 9637)
+        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23), // IETF protocol assignments (Teredo, benchmarking, ORCHID)
+        ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
+        ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16), // 6to4 (embeds IPv4)
+        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), // documentation (RFC 9637)
     ];
     in_v6(a, [0x2000, 0, 0, 0, 0, 0, 0, 0], 3) && !SPECIAL.iter().any(|&(net, len)| in_v6(a, net, len))
 }
@@ -210,7 +226,11 @@ mod tests {
             "https://printer.local/x",
             "https://x.test/x",
         ] {
-            assert!(matches!(check(u), Err(Refusal::LocalName | Refusal::SpecialAddress | Refusal::NotAUrl)), "{u}: {:?}", check(u));
+            assert!(
+                matches!(check(u), Err(Refusal::LocalName | Refusal::SpecialAddress | Refusal::NotAUrl)),
+                "{u}: {:?}",
+                check(u)
+            );
         }
     }
 

@@ -66,7 +66,15 @@ pub fn standard_sign(key: &[u8], msg_id: &str, ts: i64, payload: &[u8]) -> Strin
 
 /// True when any `v1,` signature in the space-separated header is valid and
 /// `ts` is within `tolerance` seconds of `now` (None: no time check).
-pub fn standard_verify(key: &[u8], msg_id: &str, ts: i64, payload: &[u8], header: &str, tolerance: Option<i64>, now: i64) -> bool {
+pub fn standard_verify(
+    key: &[u8],
+    msg_id: &str,
+    ts: i64,
+    payload: &[u8],
+    header: &str,
+    tolerance: Option<i64>,
+    now: i64,
+) -> bool {
     if header.len() > MAX_HEADER_LEN || !within(now, ts, tolerance) {
         return false;
     }
@@ -191,7 +199,8 @@ mod tests {
             let secret = format!("{}{}", c["secret_prefix"].as_str().unwrap(), c["secret_b64"].as_str().unwrap());
             let key = standard_key(&secret).unwrap();
             assert_eq!(hex(&key), c["hmac_key_hex"].as_str().unwrap());
-            let (id, ts, payload) = (c["msg_id"].as_str().unwrap(), c["timestamp"].as_i64().unwrap(), c["payload"].as_str().unwrap());
+            let (id, ts, payload) =
+                (c["msg_id"].as_str().unwrap(), c["timestamp"].as_i64().unwrap(), c["payload"].as_str().unwrap());
             let header = standard_sign(&key, id, ts, payload.as_bytes());
             assert_eq!(header, c["expected_signature_header"].as_str().unwrap());
             assert!(standard_verify(&key, id, ts, payload.as_bytes(), &header, None, 0));
@@ -205,7 +214,9 @@ mod tests {
             // several signatures: any valid v1 passes, other versions ignored
             let multi = format!("v1a,{} v2,abc v1,AAAA {header}", &header[3..]);
             assert!(standard_verify(&key, id, ts, payload.as_bytes(), &multi, None, 0));
-            for bad in ["", " ", "v1,", "v1,!!!", "garbage", &header[3..], "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="] {
+            for bad in
+                ["", " ", "v1,", "v1,!!!", "garbage", &header[3..], "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="]
+            {
                 assert!(!standard_verify(&key, id, ts, payload.as_bytes(), bad, None, 0), "{bad:?}");
             }
         }
@@ -240,7 +251,8 @@ mod tests {
         let secret = "8f742231b10e8888abcd99yyyzzz85a5";
         let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J";
         let ts = 1_531_420_618;
-        let sig = format!("v0={}", hex(&hmac_sha256(secret.as_bytes(), &[b"v0:", ts.to_string().as_bytes(), b":", body])));
+        let sig =
+            format!("v0={}", hex(&hmac_sha256(secret.as_bytes(), &[b"v0:", ts.to_string().as_bytes(), b":", body])));
         assert!(slack_verify(secret, ts, body, &sig, Some(300), ts + 10));
         assert!(!slack_verify(secret, ts, body, &sig, Some(300), ts + 1000));
         assert!(!slack_verify(secret, ts + 1, body, &sig, None, 0));

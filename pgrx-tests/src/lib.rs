@@ -34,7 +34,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { preload: true, bootstrap: true, passphrase: PASSPHRASE.into(), jwt_secret: JWT_SECRET.into(), extra_conf: vec![] }
+        Options {
+            preload: true,
+            bootstrap: true,
+            passphrase: PASSPHRASE.into(),
+            jwt_secret: JWT_SECRET.into(),
+            extra_conf: vec![],
+        }
     }
 }
 
@@ -73,10 +79,7 @@ extern "C" fn stop_all() {
     }
     if let Ok(list) = CLUSTERS.lock() {
         for (bindir, datadir) in list.iter() {
-            let _ = as_postgres(&bindir.join("pg_ctl"))
-                .args(["stop", "-m", "immediate", "-D"])
-                .arg(datadir)
-                .output();
+            let _ = as_postgres(&bindir.join("pg_ctl")).args(["stop", "-m", "immediate", "-D"]).arg(datadir).output();
             if std::env::var_os("TG_KEEP_CLUSTER").is_none() {
                 let _ = std::fs::remove_dir_all(datadir);
             }
@@ -164,7 +167,10 @@ impl Cluster {
         }
         // Secrets in their own file, readable by the server's OS user only.
         conf.push_str("include = 'tenant_guard_secrets.conf'\n");
-        let secrets = format!("tenant_guard.passphrase = '{}'\ntenant_guard.jwt_secret = '{}'\n", opts.passphrase, opts.jwt_secret);
+        let secrets = format!(
+            "tenant_guard.passphrase = '{}'\ntenant_guard.jwt_secret = '{}'\n",
+            opts.passphrase, opts.jwt_secret
+        );
         let conf_path = datadir.join("postgresql.conf");
         let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
         existing.push_str(&conf);
@@ -252,11 +258,28 @@ impl Cluster {
             std::fs::set_permissions(&datadir, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
         let mut bb = as_postgres(&self.bindir.join("pg_basebackup"));
-        bb.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "dba", "-R", "-X", "stream", "-c", "fast", "-D"]).arg(&datadir);
+        bb.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "dba",
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-D",
+        ])
+        .arg(&datadir);
         run(bb, "pg_basebackup");
         let conf_path = datadir.join("postgresql.conf");
         let mut conf = std::fs::read_to_string(&conf_path).unwrap();
-        conf.push_str(&format!("\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", datadir.display()));
+        conf.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            datadir.display()
+        ));
         std::fs::write(&conf_path, conf).unwrap();
         let _ = std::fs::remove_file(datadir.join("server.log"));
         let mut start = as_postgres(&self.bindir.join("pg_ctl"));
@@ -293,7 +316,10 @@ impl Cluster {
             c.args(["-R", "postgres:postgres"]).arg(&dir);
             run(c, "chown pgbouncer dir");
         }
-        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"].into_iter().find(|p| Path::new(p).exists()).expect("pgbouncer is installed");
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("pgbouncer is installed");
         let mut c = as_postgres(Path::new(bin));
         c.arg("-d").arg(dir.join("pgbouncer.ini"));
         run(c, "pgbouncer -d");
@@ -329,7 +355,26 @@ impl Cluster {
         let (port, c, t) = (self.port.to_string(), clients.to_string(), secs.to_string());
         let out = self.run_tool(
             "pgbench",
-            &["-n", "-c", &c, "-j", &c, "-T", &t, "-M", "prepared", "-h", "127.0.0.1", "-p", &port, "-U", user, "-f", script.to_str().unwrap(), "postgres"],
+            &[
+                "-n",
+                "-c",
+                &c,
+                "-j",
+                &c,
+                "-T",
+                &t,
+                "-M",
+                "prepared",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                user,
+                "-f",
+                script.to_str().unwrap(),
+                "postgres",
+            ],
         );
         let tps = out
             .lines()
@@ -436,7 +481,8 @@ fn median(v: &[f64]) -> f64 {
 /// A table of (label, baseline samples, candidate samples) with medians in
 /// microseconds and the candidate/baseline ratio.
 pub fn bench_table(rows: &[(&str, &[f64], &[f64])]) -> String {
-    let mut out = format!("| {:<56} | {:>12} | {:>12} | {:>6} |\n", "measurement", "baseline us", "candidate us", "ratio");
+    let mut out =
+        format!("| {:<56} | {:>12} | {:>12} | {:>6} |\n", "measurement", "baseline us", "candidate us", "ratio");
     out.push_str(&format!("|{}|{}|{}|{}|\n", "-".repeat(58), "-".repeat(14), "-".repeat(14), "-".repeat(8)));
     for (label, base, cand) in rows {
         let (b, c) = (median(base) * 1e6, median(cand) * 1e6);

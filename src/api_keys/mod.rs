@@ -4,14 +4,14 @@
 
 use crate::api_key_format::{self, Shape};
 use crate::context::{self, current_binding};
+use crate::context_token::Claims;
 use crate::echo::echo;
+use crate::gcra::Rate;
 use crate::pg::errors::raise;
 use crate::pg::index_lookup;
-use crate::gcra::Rate;
 use crate::rate_limit;
 use crate::request_log::{self, Outcome};
 use crate::roles;
-use crate::context_token::Claims;
 use pgrx::datum::{Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
@@ -20,7 +20,14 @@ use pgrx::{PgSqlErrorCode, Uuid};
 pgrx::extension_sql_file!(
     "api_keys.sql",
     name = "api_keys",
-    requires = ["organizations", authenticate, create_api_key, rotate_api_key, import_api_key_hash, context::current_org_id_if]
+    requires = [
+        "organizations",
+        authenticate,
+        create_api_key,
+        rotate_api_key,
+        import_api_key_hash,
+        context::current_org_id_if
+    ]
 );
 
 /// SQLSTATE of a rate-limited authenticate(): 53400 configuration_limit_exceeded
@@ -50,7 +57,9 @@ struct KeyRow {
 fn creator_vouches(row: &KeyRow) -> bool {
     let Some(creator) = row.created_by else { return true };
     let need = roles::rank(&row.role).unwrap_or(u8::MAX);
-    context::membership_role(*row.org.as_bytes(), *creator.as_bytes()).and_then(|r| roles::rank(&r)).is_some_and(|have| have >= need)
+    context::membership_role(*row.org.as_bytes(), *creator.as_bytes())
+        .and_then(|r| roles::rank(&r))
+        .is_some_and(|have| have >= need)
 }
 
 /// The rank an API-key context holds now: its key's role while the key is
@@ -85,7 +94,11 @@ fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, index_loo
             id: r.get(c"id", T::UUIDOID).expect("id"),
             org: r.get(c"org_id", T::UUIDOID).expect("org_id"),
             role: if usable { r.get(c"role", T::TEXTOID).expect("role") } else { String::new() },
-            scopes: if usable { r.get::<Vec<String>>(c"scopes", T::TEXTARRAYOID).unwrap_or_default() } else { Vec::new() },
+            scopes: if usable {
+                r.get::<Vec<String>>(c"scopes", T::TEXTARRAYOID).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             rpm: r.get(c"rate_limit_per_minute", T::INT4OID).expect("rate"),
             revoked,
             expired,
@@ -100,7 +113,11 @@ fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, index_loo
 /// log live in shared memory), so it needs neither SECURITY DEFINER nor a
 /// pinned search_path; tests/apikeys.rs still attacks it with a hostile one.
 #[pg_extern(volatile, parallel_unsafe)]
-fn authenticate(api_key: Option<&str>, action: default!(Option<&str>, "NULL"), client_addr: default!(Option<Inet>, "NULL")) -> Uuid {
+fn authenticate(
+    api_key: Option<&str>,
+    action: default!(Option<&str>, "NULL"),
+    client_addr: default!(Option<Inet>, "NULL"),
+) -> Uuid {
     let addr = client_addr.as_ref().map(|a| a.to_string());
     let fail = |outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>| -> ! {
         request_log::record(outcome, org, key, action, addr.as_deref());
@@ -157,16 +174,25 @@ fn require_admin() -> ([u8; 16], Option<[u8; 16]>, u8) {
 
 fn check_role(role: &str, my_rank: u8) {
     match roles::rank(role) {
-        None => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", echo(role)), None, None),
-        Some(r) if r > my_rank => {
-            raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "an API key cannot have a role above its creator's", None, None)
-        }
+        None => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown role \"{}\"", echo(role)),
+            None,
+            None,
+        ),
+        Some(r) if r > my_rank => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "an API key cannot have a role above its creator's",
+            None,
+            None,
+        ),
         _ => {}
     }
 }
 
 fn new_key() -> String {
-    api_key_format::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None))
+    api_key_format::generate()
+        .unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None))
 }
 
 #[allow(clippy::too_many_arguments)] // one per column written
@@ -211,11 +237,21 @@ fn validate(name: &str, scopes: &[String], rpm: i32, expires_in: Option<&Interva
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "rate_limit_per_minute must be positive", None, None);
     }
     if scopes.len() > 64 || scopes.iter().any(|s| s.is_empty() || s.len() > 100) {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "scopes must be at most 64 non-empty names of up to 100 characters", None, None);
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "scopes must be at most 64 non-empty names of up to 100 characters",
+            None,
+            None,
+        );
     }
     if let Some(e) = expires_in {
         if interval_us(e) <= 0 {
-            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "expires_in must be positive (or NULL for no expiry)", None, None);
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "expires_in must be positive (or NULL for no expiry)",
+                None,
+                None,
+            );
         }
     }
 }
@@ -232,14 +268,20 @@ fn create_api_key(
     rate_limit_per_minute: default!(Option<i32>, 600),
 ) -> TableIterator<'static, (name!(key_id, Uuid), name!(api_key, String))> {
     let (Some(name), Some(role), Some(rate_limit_per_minute)) = (name, role, rate_limit_per_minute) else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "name, role and rate_limit_per_minute must not be NULL", None, None)
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "name, role and rate_limit_per_minute must not be NULL",
+            None,
+            None,
+        )
     };
     let (org, user, my_rank) = require_admin();
     check_role(role, my_rank);
     let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
     validate(name, &scopes, rate_limit_per_minute, expires_in.as_ref());
     let key = new_key();
-    let id = insert_key(org, name, &key, role, scopes, expires_in.as_ref().map(interval_us), rate_limit_per_minute, user);
+    let id =
+        insert_key(org, name, &key, role, scopes, expires_in.as_ref().map(interval_us), rate_limit_per_minute, user);
     TableIterator::once((id, key))
 }
 
@@ -314,7 +356,8 @@ fn import_api_key_hash(
     rate_limit_per_minute: default!(Option<i32>, 600),
     display_prefix: default!(Option<&str>, "NULL"),
 ) -> Uuid {
-    let (Some(org_id), Some(name), Some(key_hash), Some(role), Some(rate_limit_per_minute)) = (org_id, name, key_hash, role, rate_limit_per_minute)
+    let (Some(org_id), Some(name), Some(key_hash), Some(role), Some(rate_limit_per_minute)) =
+        (org_id, name, key_hash, role, rate_limit_per_minute)
     else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -324,7 +367,12 @@ fn import_api_key_hash(
         )
     };
     if key_hash.len() != 32 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "key_hash must be the 32-byte SHA-256 of the key", None, None);
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "key_hash must be the 32-byte SHA-256 of the key",
+            None,
+            None,
+        );
     }
     if roles::rank(role).is_none() {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", echo(role)), None, None);

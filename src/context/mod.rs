@@ -5,14 +5,14 @@
 //! Per call a helper reads the setting and compares it with the last token it
 //! verified (a memcmp); the HMAC is checked once per distinct value.
 
-use crate::echo::echo;
-use crate::pg::errors::raise;
-use crate::pg::settings;
-use crate::pg::index_lookup;
-use crate::keyring;
-use crate::kdf::Purpose;
-use crate::roles;
 use crate::context_token::{self, Binding, Claims};
+use crate::echo::echo;
+use crate::kdf::Purpose;
+use crate::keyring;
+use crate::pg::errors::raise;
+use crate::pg::index_lookup;
+use crate::pg::settings;
+use crate::roles;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
 use std::cell::RefCell;
@@ -22,8 +22,20 @@ pgrx::extension_sql_file!(
     "context.sql",
     name = "context",
     requires = [
-        current_org_id, current_org_id_if, current_user_id, current_user_role, current_api_key_id, current_scopes,
-        has_role, require_role, has_scope, require_scope, clear_context, authenticate_jwt, assume, _require_user_role
+        current_org_id,
+        current_org_id_if,
+        current_user_id,
+        current_user_role,
+        current_api_key_id,
+        current_scopes,
+        has_role,
+        require_role,
+        has_scope,
+        require_scope,
+        clear_context,
+        authenticate_jwt,
+        assume,
+        _require_user_role
     ]
 );
 
@@ -61,7 +73,9 @@ pub fn with_claims<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
             let hit = matches!(&*cache, Some(c) if c.generation == generation && c.token == raw);
             if !hit {
                 let key = keyring::current();
-                let claims = std::str::from_utf8(raw).ok().and_then(|t| context_token::decode(t, key.subkey(Purpose::Context)).ok());
+                let claims = std::str::from_utf8(raw)
+                    .ok()
+                    .and_then(|t| context_token::decode(t, key.subkey(Purpose::Context)).ok());
                 *cache = Some(Cached { token: raw.to_vec(), generation, claims });
             }
         });
@@ -118,10 +132,14 @@ pub fn init() {
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
     refresh();
     match PREV_EXECUTOR_START.get().copied().flatten() {
-        // SAFETY: the previous hook or the standard function, called as
-        // PostgreSQL would have, with its own arguments.
-        Some(prev) => unsafe { prev(query_desc, eflags) },
-        None => unsafe { pg_sys::standard_ExecutorStart(query_desc, eflags) },
+        Some(prev) => {
+            // SAFETY: the previous hook, called as PostgreSQL would have.
+            unsafe { prev(query_desc, eflags) }
+        }
+        None => {
+            // SAFETY: the standard function, with PostgreSQL's own arguments.
+            unsafe { pg_sys::standard_ExecutorStart(query_desc, eflags) }
+        }
     }
 }
 
@@ -134,7 +152,9 @@ fn refresh() {
     let now = crate::pg::clock::now_us();
     let token = settings::with_value(&settings::CONTEXT, |raw| raw.filter(|r| !r.is_empty()).map(<[u8]>::to_vec));
     let Some(token) = token else { return };
-    let fresh = CHECKED.with(|c| matches!(&*c.borrow(), Some(k) if k.token == token && k.statement == statement && now - k.at < RECHECK_US));
+    let fresh = CHECKED.with(
+        |c| matches!(&*c.borrow(), Some(k) if k.token == token && k.statement == statement && now - k.at < RECHECK_US),
+    );
     if fresh {
         return;
     }
@@ -327,7 +347,10 @@ pub fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
     index_lookup::fetch_one(
         c"memberships",
         c"memberships_pkey",
-        &[(c"org_id", index_lookup::Key::Uuid(Uuid::from_bytes(org_id))), (c"user_id", index_lookup::Key::Uuid(Uuid::from_bytes(user_id)))],
+        &[
+            (c"org_id", index_lookup::Key::Uuid(Uuid::from_bytes(org_id))),
+            (c"user_id", index_lookup::Key::Uuid(Uuid::from_bytes(user_id))),
+        ],
         |r| r.get::<String>(c"role", pg_sys::PgBuiltInOids::TEXTOID),
     )
     .flatten()
@@ -340,20 +363,24 @@ pub fn membership_role(org_id: [u8; 16], user_id: [u8; 16]) -> Option<String> {
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn authenticate_jwt(token: Option<&str>) -> Uuid {
     let token = token.unwrap_or("");
-    let text = |v: Option<&[u8]>| v.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()).map(str::to_owned);
-    let (aud, iss) = (settings::with_value(&settings::JWT_AUDIENCE, text), settings::with_value(&settings::JWT_ISSUER, text));
+    let text =
+        |v: Option<&[u8]>| v.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty()).map(str::to_owned);
+    let (aud, iss) =
+        (settings::with_value(&settings::JWT_AUDIENCE, text), settings::with_value(&settings::JWT_ISSUER, text));
     let expect = crate::jwt::Expect { audience: aud.as_deref(), issuer: iss.as_deref() };
-    let claims = keyring::with_jwt_secret(|secret| crate::jwt::verify_expecting(token, secret, crate::pg::clock::unix_secs(), expect));
+    let claims = keyring::with_jwt_secret(|secret| {
+        crate::jwt::verify_expecting(token, secret, crate::pg::clock::unix_secs(), expect)
+    });
     let claims = match claims {
         Ok(c) => c,
         Err(e) => {
             crate::pg::errors::hide_statement_from_log();
             raise(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            "invalid token",
-            Some(&format!("The JWT was rejected: {e}.")),
-            None,
-        )
+                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                "invalid token",
+                Some(&format!("The JWT was rejected: {e}.")),
+                None,
+            )
         }
     };
     let Some(role) = membership_role(claims.org_id, claims.sub) else {
@@ -394,7 +421,14 @@ pub fn assume(org_id: Option<Uuid>, user_id: Option<Uuid>) -> String {
             None,
         )
     };
-    install(Claims { org_id: org, user_id: Some(user), role: role.clone(), api_key_id: None, scopes: vec![], binding: current_binding() });
+    install(Claims {
+        org_id: org,
+        user_id: Some(user),
+        role: role.clone(),
+        api_key_id: None,
+        scopes: vec![],
+        binding: current_binding(),
+    });
     role
 }
 
@@ -405,7 +439,14 @@ mod tests {
     use pgrx::prelude::*;
 
     fn claims(binding: Binding) -> Claims {
-        Claims { org_id: [7; 16], user_id: Some([8; 16]), role: "member".into(), api_key_id: None, scopes: vec![], binding }
+        Claims {
+            org_id: [7; 16],
+            user_id: Some([8; 16]),
+            role: "member".into(),
+            api_key_id: None,
+            scopes: vec![],
+            binding,
+        }
     }
 
     #[pg_test]
@@ -414,12 +455,26 @@ mod tests {
         assert_eq!(Spi::get_one::<bool>("SELECT tenant_guard.has_role('viewer')").unwrap(), Some(false));
     }
 
+    /// The org and member the claims above name.
+    fn make_member() {
+        Spi::run(
+            "INSERT INTO tenant_guard.organizations (id, name) VALUES ('07070707-0707-0707-0707-070707070707', 't');
+             INSERT INTO tenant_guard.memberships (org_id, user_id, role)
+             VALUES ('07070707-0707-0707-0707-070707070707', '08080808-0808-0808-0808-080808080808', 'member')",
+        )
+        .unwrap();
+    }
+
     #[pg_test]
     fn a_context_is_bound_to_its_transaction() {
+        make_member();
         let here = crate::context::current_binding();
         crate::context::install(claims(here));
         assert_eq!(crate::context::with_claims(|c| c.org_id), Some([7; 16]));
-        assert_eq!(Spi::get_one::<String>("SELECT tenant_guard.current_user_role()").unwrap().as_deref(), Some("member"));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT tenant_guard.current_user_role()").unwrap().as_deref(),
+            Some("member")
+        );
         // The same claims signed for another transaction (or backend) are ignored.
         for other in [
             Binding { lxid: here.lxid.wrapping_add(1), ..here },
@@ -430,5 +485,19 @@ mod tests {
             assert_eq!(crate::context::with_claims(|c| c.org_id), None, "{other:?}");
             assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT tenant_guard.current_org_id()").unwrap(), None);
         }
+    }
+
+    #[pg_test]
+    fn each_query_brings_the_context_up_to_date() {
+        make_member();
+        let here = crate::context::current_binding();
+        crate::context::install(Claims { role: "admin".into(), ..claims(here) });
+        // Signed as admin, but the membership says member: re-signed lower.
+        assert_eq!(Spi::get_one::<String>("SELECT tenant_guard.current_user_role()").unwrap().as_deref(), Some("member"));
+        Spi::run("DELETE FROM tenant_guard.memberships").unwrap();
+        // Removed: within one statement (this test is one), a query more
+        // than 10 ms later starts with no context.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT tenant_guard.current_org_id()").unwrap(), None);
     }
 }

@@ -16,7 +16,6 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<&s
     unreachable!("ERROR does not return")
 }
 
-
 /// Before raising an error in a function that received a key or secret as an
 /// argument: keep PostgreSQL from logging the calling statement (and the
 /// literal in it) with this error. Transaction-local, so the abort that

@@ -208,12 +208,18 @@ impl Row {
 /// of the unique index `tenant_guard.<index>`) match, as committed now, and
 /// pass it to `read`. `read` must only copy values out: it
 /// runs while a buffer is pinned.
-pub fn fetch_one<R>(table: &'static CStr, index: &'static CStr, keys: &[(&CStr, Key)], read: impl FnOnce(&Row) -> R) -> Option<R> {
+pub fn fetch_one<R>(
+    table: &'static CStr,
+    index: &'static CStr,
+    keys: &[(&CStr, Key)],
+    read: impl FnOnce(&Row) -> R,
+) -> Option<R> {
     // SAFETY: opens two relations by OID with AccessShareLock; both stay
     // open (and locked) until closed at the end of this function.
     let (heap, idx) = unsafe { open_pair(table, index) };
     check_index(heap, idx, index, keys.len());
-    let scankeys: Vec<pg_sys::ScanKeyData> = keys.iter().enumerate().map(|(i, (column, key))| scan_key(heap, idx, index, i, column, key)).collect();
+    let scankeys: Vec<pg_sys::ScanKeyData> =
+        keys.iter().enumerate().map(|(i, (column, key))| scan_key(heap, idx, index, i, column, key)).collect();
     let out = scan_latest(heap, idx, scankeys, read);
     // SAFETY: the relations were opened above and are not used after this.
     // Locks are kept to the end of the transaction, as the executor does.
@@ -245,11 +251,19 @@ fn check_index(heap: pg_sys::Relation, idx: pg_sys::Relation, index: &CStr, n_ke
 }
 
 /// The scan key for the `i`-th index column, which must be `column`.
-fn scan_key(heap: pg_sys::Relation, idx: pg_sys::Relation, index: &CStr, i: usize, column: &CStr, key: &Key) -> pg_sys::ScanKeyData {
+fn scan_key(
+    heap: pg_sys::Relation,
+    idx: pg_sys::Relation,
+    index: &CStr,
+    i: usize,
+    column: &CStr,
+    key: &Key,
+) -> pg_sys::ScanKeyData {
     // SAFETY: `heap` is open; attnum only reads its tuple descriptor.
     let want = unsafe { attnum(heap, column, key.type_oid()) };
     // SAFETY: `idx` is an open index with at least i + 1 key columns (checked).
-    let (have, collation) = unsafe { ((*(*idx).rd_index).indkey.values.as_slice(i + 1)[i], *(*idx).rd_indcollation.add(i)) };
+    let (have, collation) =
+        unsafe { ((*(*idx).rd_index).indkey.values.as_slice(i + 1)[i], *(*idx).rd_indcollation.add(i)) };
     if have != want {
         broken(&format!("{} is not on the expected columns", index.to_string_lossy()));
     }
@@ -272,7 +286,12 @@ fn scan_key(heap: pg_sys::Relation, idx: pg_sys::Relation, index: &CStr, i: usiz
 }
 
 /// Run the index scan with the latest snapshot and pass the first match to `read`.
-fn scan_latest<R>(heap: pg_sys::Relation, idx: pg_sys::Relation, mut scankeys: Vec<pg_sys::ScanKeyData>, read: impl FnOnce(&Row) -> R) -> Option<R> {
+fn scan_latest<R>(
+    heap: pg_sys::Relation,
+    idx: pg_sys::Relation,
+    mut scankeys: Vec<pg_sys::ScanKeyData>,
+    read: impl FnOnce(&Row) -> R,
+) -> Option<R> {
     // Detoasting values needs an active snapshot; the scan itself uses
     // the latest one, so what it finds is what is committed now (plus
     // this transaction's own changes), whatever the isolation level and

@@ -5,9 +5,9 @@
 //! check hook refuses values that would be stored in a catalog PUBLIC can read.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use pgrx::PostgresGucEnum;
-use pgrx::pg_sys;
 use pgrx::pg_guard;
+use pgrx::pg_sys;
+use pgrx::PostgresGucEnum;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,7 +36,8 @@ pub enum RequireProtection {
 pub static JWT_AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-pub static REQUIRE_PROTECTION: GucSetting<RequireProtection> = GucSetting::<RequireProtection>::new(RequireProtection::Warn);
+pub static REQUIRE_PROTECTION: GucSetting<RequireProtection> =
+    GucSetting::<RequireProtection>::new(RequireProtection::Warn);
 
 /// Bumped whenever a key-bearing setting changes (SET, RESET, reload,
 /// transaction rollback), so cached keys are re-derived on next use.
@@ -119,12 +120,13 @@ unsafe extern "C-unwind" fn assign_key(_newval: *const c_char, _extra: *mut c_vo
 }
 
 /// (name, short description, long description, variable, assign hook).
-type SecretSetting = (&'static CStr, &'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, pg_sys::GucStringAssignHook);
+type SecretSetting =
+    (&'static CStr, &'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, pg_sys::GucStringAssignHook);
 
 pub fn init() {
     let secret_flags = GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL; // NO_SHOW_ALL includes NOT_IN_SAMPLE
-    // SAFETY: called once from _PG_init, in the postmaster, as PostgreSQL
-    // expects settings to be defined; every name and text is a static C string.
+                                                                         // SAFETY: called once from _PG_init, in the postmaster, as PostgreSQL
+                                                                         // expects settings to be defined; every name and text is a static C string.
     unsafe {
         // Key-bearing secrets bump the key generation when they change; the
         // JWT secret is read afresh on every use.
@@ -146,7 +148,17 @@ pub fn init() {
             (c"tenant_guard.jwt_secret", c"HS256 secret that authenticate_jwt() verifies tokens with (superuser only).", c"At least 32 bytes.", &JWT_SECRET, None),
         ];
         for (name, short, long, setting, assign) in secrets {
-            GucRegistry::define_string_guc_with_hooks(name, short, long, setting, GucContext::Suset, secret_flags, Some(check_secret), assign, None);
+            GucRegistry::define_string_guc_with_hooks(
+                name,
+                short,
+                long,
+                setting,
+                GucContext::Suset,
+                secret_flags,
+                Some(check_secret),
+                assign,
+                None,
+            );
         }
         GucRegistry::define_string_guc(
             CONTEXT_NAME,

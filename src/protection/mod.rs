@@ -19,7 +19,16 @@ use std::ffi::c_void;
 pgrx::extension_sql_file!(
     "protection.sql",
     name = "protection",
-    requires = ["organizations", "context", "api_keys", "request_log", "rate_limit", "secrets", "webhooks", _note_unprotected_table]
+    requires = [
+        "organizations",
+        "context",
+        "api_keys",
+        "request_log",
+        "rate_limit",
+        "secrets",
+        "webhooks",
+        _note_unprotected_table
+    ]
 );
 
 thread_local! {
@@ -65,10 +74,12 @@ fn check_pending() {
     // through pgrx and abort the transaction, which pops it.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     // The extension may have been dropped in this very transaction.
-    let installed = Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('tenant_guard._is_uuid_column(oid, name)') IS NOT NULL")
-        .ok()
-        .flatten()
-        .unwrap_or(false);
+    let installed = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regprocedure('tenant_guard._is_uuid_column(oid, name)') IS NOT NULL",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
     let pending = if installed { pending } else { vec![] };
     let mut seen = std::collections::HashSet::new();
     for oid in pending {
@@ -113,7 +124,9 @@ fn check_pending() {
     let msg = format!("table(s) with an org_id column left without row-level security, or without what protect() put in place: {}{more}", shown.join(", "));
     let hint = "Run SELECT tenant_guard.protect('<table>') in the same transaction (for a new partition: protect() its parent again).";
     match mode {
-        RequireProtection::Error => raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, msg, None, Some(hint)),
+        RequireProtection::Error => {
+            raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, msg, None, Some(hint))
+        }
         _ => pgrx::ereport!(WARNING, PgSqlErrorCode::ERRCODE_WARNING, format!("{msg} (hint: {hint})")),
     }
 }

@@ -3,8 +3,8 @@
 //! exact. API keys and general buckets have separate tables, so nothing a
 //! caller does with `rate_limit()` can evict an API key's state.
 
-use crate::pg::errors::raise;
 use crate::gcra::{self, Decision, Rate};
+use crate::pg::errors::raise;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{PgLwLock, PgSqlErrorCode};
@@ -110,7 +110,13 @@ pub fn key(domain: &str, parts: &[&[u8]]) -> [u8; 16] {
 /// refused when its owner already holds OWNER_SHARE live slots of the
 /// window: so one tenant (or everyone without a context) flooding buckets
 /// fills at most about a quarter of the table, and others keep room.
-pub fn throttle<const N: usize>(table: &PgLwLock<Table<N>>, key: [u8; 16], owner: [u8; 8], rate: Rate, quantity: i64) -> Decision {
+pub fn throttle<const N: usize>(
+    table: &PgLwLock<Table<N>>,
+    key: [u8; 16],
+    owner: [u8; 8],
+    rate: Rate,
+    quantity: i64,
+) -> Decision {
     let mut t = table.exclusive();
     let now = crate::pg::clock::now_us();
     let start = window_start(&t.seed, &key, N);
@@ -162,9 +168,15 @@ fn _rate_limit(bucket: Option<&str>, per_period: Option<i32>, period_us: Option<
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "period must be positive and at most 1 day", None, None)
     }
     if per_period as i64 > MAX_COUNT || burst as i64 > MAX_COUNT {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "per_period and burst must be at most 1000000", None, None)
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "per_period and burst must be at most 1000000",
+            None,
+            None,
+        )
     }
-    let Some(rate) = Rate::new(per_period as i64, period_us, burst as i64).filter(|r| r.tolerance <= MAX_PERIOD_US) else {
+    let Some(rate) = Rate::new(per_period as i64, period_us, burst as i64).filter(|r| r.tolerance <= MAX_PERIOD_US)
+    else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "per_period must be positive, burst non-negative, and period / per_period x (burst + 1) at most 1 day",
@@ -175,7 +187,10 @@ fn _rate_limit(bucket: Option<&str>, per_period: Option<i32>, period_us: Option<
     let db = crate::pg::database_id();
     let org = crate::context::with_claims(|c| c.org_id);
     let params = [per_period.to_be_bytes(), burst.to_be_bytes()].concat();
-    let k = key("bucket", &[&db.to_be_bytes(), &org.unwrap_or([0; 16]), &params, &period_us.to_be_bytes(), bucket.as_bytes()]);
+    let k = key(
+        "bucket",
+        &[&db.to_be_bytes(), &org.unwrap_or([0; 16]), &params, &period_us.to_be_bytes(), bucket.as_bytes()],
+    );
     !throttle(&BUCKETS, k, owner(db, org), rate, 1).limited
 }
 

@@ -12,7 +12,11 @@ use pgrx::{PgLwLock, Uuid};
 use std::time::Duration;
 
 // The request_log table, its policies, the purge and the grants (request_log.sql).
-pgrx::extension_sql_file!("request_log.sql", name = "request_log", requires = ["schema", request_log_queue, context::current_org_id_if]);
+pgrx::extension_sql_file!(
+    "request_log.sql",
+    name = "request_log",
+    requires = ["schema", request_log_queue, context::current_org_id_if]
+);
 
 pub const QUEUE: usize = 4096;
 const WORKERS: usize = 16;
@@ -155,7 +159,13 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Queue one outcome. Never writes a table; skipped on a hot standby.
-pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, action: Option<&str>, addr: Option<&str>) {
+pub fn record(
+    outcome: Outcome,
+    org: Option<[u8; 16]>,
+    key: Option<[u8; 16]>,
+    action: Option<&str>,
+    addr: Option<&str>,
+) {
     if crate::pg::in_recovery() {
         return;
     }
@@ -264,7 +274,9 @@ pub fn record(outcome: Outcome, org: Option<[u8; 16]>, key: Option<[u8; 16]>, ac
             .is_ok();
         if !started {
             LOG.exclusive().workers[idx].state = 0;
-            pgrx::warning!("tenant_guard: could not start the request-log writer (max_worker_processes?); entries stay queued");
+            pgrx::warning!(
+                "tenant_guard: could not start the request-log writer (max_worker_processes?); entries stay queued"
+            );
         }
     }
 }
@@ -287,7 +299,8 @@ fn worth_waiting(workers: &[Worker], entries: &[Entry], db: u32, now: i64, failu
     if !ours_live {
         return false;
     }
-    let draining = |d: u32| d == db || workers.iter().any(|w| w.db == d && w.state == 2 && now - w.heartbeat < DRAINING_US);
+    let draining =
+        |d: u32| d == db || workers.iter().any(|w| w.db == d && w.state == 2 && now - w.heartbeat < DRAINING_US);
     let counted = |e: &&Entry| e.used && (!failure || e.outcome != Outcome::Ok as u8);
     let stuck = entries.iter().filter(counted).filter(|e| !draining(e.db)).count();
     let limit = if failure { QUEUE / 2 } else { QUEUE };
@@ -348,7 +361,8 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
             outcome: Outcome::from_u8(e.outcome),
             org: e.has_org.then_some(e.org),
             key: e.has_key.then_some(e.key),
-            action: (e.action_len > 0).then(|| String::from_utf8_lossy(&e.action[..e.action_len as usize]).into_owned()),
+            action: (e.action_len > 0)
+                .then(|| String::from_utf8_lossy(&e.action[..e.action_len as usize]).into_owned()),
             addr: (e.addr_len > 0).then(|| String::from_utf8_lossy(&e.addr[..e.addr_len as usize]).into_owned()),
         });
         e.used = false;
@@ -415,13 +429,25 @@ fn write_batch(rows: &[Row]) {
                 let b = |o: T| PgOid::BuiltIn(o);
                 [
                     client
-                        .prepare_mut(INSERT_SQL, &[b(T::FLOAT8ARRAYOID), b(T::UUIDARRAYOID), b(T::UUIDARRAYOID), b(T::TEXTARRAYOID), b(T::TEXTARRAYOID), b(T::TEXTARRAYOID)])?
+                        .prepare_mut(
+                            INSERT_SQL,
+                            &[
+                                b(T::FLOAT8ARRAYOID),
+                                b(T::UUIDARRAYOID),
+                                b(T::UUIDARRAYOID),
+                                b(T::TEXTARRAYOID),
+                                b(T::TEXTARRAYOID),
+                                b(T::TEXTARRAYOID),
+                            ],
+                        )?
                         .keep(),
                     client.prepare_mut(LAST_USED_SQL, &[b(T::UUIDARRAYOID), b(T::FLOAT8ARRAYOID)])?.keep(),
                 ]
             }
         };
-        let r = client.update(&plans[0], None, &[at.into(), org.into(), key.into(), outcome.into(), action.into(), addr.into()]).map(|_| ());
+        let r = client
+            .update(&plans[0], None, &[at.into(), org.into(), key.into(), outcome.into(), action.into(), addr.into()])
+            .map(|_| ());
         let r = r.and_then(|_| {
             if last.is_empty() {
                 return Ok(());

@@ -3,10 +3,10 @@
 //! bound to (org, kind, name), re-encryptable after a passphrase rotation.
 
 use crate::envelope::{self, EnvelopeError};
-use crate::pg::errors::raise;
-use crate::keyring;
-use crate::pg::index_lookup;
 use crate::kdf::{KeySet, Purpose};
+use crate::keyring;
+use crate::pg::errors::raise;
+use crate::pg::index_lookup;
 use crate::{context, roles};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
@@ -17,9 +17,18 @@ pgrx::extension_sql_file!(
     "secrets.sql",
     name = "secrets",
     requires = [
-        "organizations", encrypt, decrypt, put_secret, put_secret_for, get_secret, delete_secret,
-        wordpress::put_wordpress_credentials, wordpress::get_wordpress_credentials, wordpress::wordpress_authorization,
-        rotation::rotate_secrets, context::current_org_id_if
+        "organizations",
+        encrypt,
+        decrypt,
+        put_secret,
+        put_secret_for,
+        get_secret,
+        delete_secret,
+        wordpress::put_wordpress_credentials,
+        wordpress::get_wordpress_credentials,
+        wordpress::wordpress_authorization,
+        rotation::rotate_secrets,
+        context::current_org_id_if
     ]
 );
 
@@ -99,7 +108,12 @@ fn check_user_kind(kind: &str) {
 
 fn check_kind_name(kind: &str, name: &str) {
     if kind.is_empty() || kind.len() > 100 || name.is_empty() || name.len() > 500 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "kind must be 1-100 and name 1-500 characters", None, None);
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "kind must be 1-100 and name 1-500 characters",
+            None,
+            None,
+        );
     }
 }
 
@@ -108,7 +122,12 @@ fn check_kind_name(kind: &str, name: &str) {
 pub fn store(org: [u8; 16], kind: &str, name: &str, secret: &[u8]) -> Uuid {
     check_kind_name(kind, name);
     if secret.len() > MAX_SECRET_LEN {
-        raise(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("a secret may be at most {MAX_SECRET_LEN} bytes"), None, None);
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("a secret may be at most {MAX_SECRET_LEN} bytes"),
+            None,
+            None,
+        );
     }
     let ct = seal(secret, &envelope::secret_aad(&org, kind, name));
     let key_id = envelope::key_id(&ct).expect("fresh envelope") as i64;
@@ -120,7 +139,9 @@ pub fn store(org: [u8; 16], kind: &str, name: &str, secret: &[u8]) -> Uuid {
          RETURNING id",
         &[Uuid::from_bytes(org).into(), kind.into(), name.into(), ct.into(), key_id.into()],
     )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("storing the secret failed: {e}"), None, None))
+    .unwrap_or_else(|e| {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("storing the secret failed: {e}"), None, None)
+    })
     .expect("RETURNING id")
 }
 
@@ -130,7 +151,11 @@ pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
     let ct: Vec<u8> = index_lookup::fetch_one(
         c"secrets",
         c"secrets_org_id_kind_name_key",
-        &[(c"org_id", index_lookup::Key::Uuid(Uuid::from_bytes(org))), (c"kind", index_lookup::Key::Text(kind)), (c"name", index_lookup::Key::Text(name))],
+        &[
+            (c"org_id", index_lookup::Key::Uuid(Uuid::from_bytes(org))),
+            (c"kind", index_lookup::Key::Text(kind)),
+            (c"name", index_lookup::Key::Text(name)),
+        ],
         |r| r.bytes(c"ciphertext"),
     )??;
     Some(open(&ct, &envelope::secret_aad(&org, kind, name)))
@@ -139,10 +164,16 @@ pub fn load(org: [u8; 16], kind: &str, name: &str) -> Option<Vec<u8>> {
 /// The current org when the context ranks admin or higher as the latest
 /// committed state has it (context::rank_now).
 pub(crate) fn admin_org() -> [u8; 16] {
-    context::rank_now()
-        .filter(|&r| r >= roles::ADMIN)
-        .and_then(|_| context::with_claims(|c| c.org_id))
-        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "managing secrets needs role admin or higher", None, None))
+    context::rank_now().filter(|&r| r >= roles::ADMIN).and_then(|_| context::with_claims(|c| c.org_id)).unwrap_or_else(
+        || {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "managing secrets needs role admin or higher",
+                None,
+                None,
+            )
+        },
+    )
 }
 
 /// Store (or replace) a secret of the current org; admin or higher.
@@ -167,7 +198,9 @@ fn put_secret_for(org_id: Uuid, kind: &str, name: &str, secret: &str) -> Uuid {
 #[pg_extern(volatile, parallel_unsafe)]
 fn get_secret(org_id: Uuid, kind: &str, name: &str) -> Option<String> {
     load(*org_id.as_bytes(), kind, name).map(|b| {
-        String::from_utf8(b).unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "the secret is not valid UTF-8", None, None))
+        String::from_utf8(b).unwrap_or_else(|_| {
+            raise(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "the secret is not valid UTF-8", None, None)
+        })
     })
 }
 
@@ -203,7 +236,9 @@ mod tests {
         assert_eq!(id, expected, "derived from tenant_guard.passphrase in postgresql.conf");
     }
 
-    #[pg_test(error = "cannot decrypt: the envelope does not authenticate (wrong key, wrong associated data, or tampered)")]
+    #[pg_test(
+        error = "cannot decrypt: the envelope does not authenticate (wrong key, wrong associated data, or tampered)"
+    )]
     fn the_envelope_refuses_other_associated_data() {
         let env = crate::secrets::seal(b"x", b"org-a");
         crate::secrets::open(&env, b"org-b");

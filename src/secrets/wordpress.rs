@@ -37,7 +37,9 @@ struct WpCreds {
 
 fn wp_load(org_id: Uuid, site_url: &str) -> Option<WpCreds> {
     let bytes = load(*org_id.as_bytes(), WP_KIND, &normalize_site(site_url))?;
-    Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "stored WordPress credentials are malformed", None, None)))
+    Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "stored WordPress credentials are malformed", None, None)
+    }))
 }
 
 /// Store the WordPress application password of a site for the current org
@@ -47,12 +49,18 @@ fn wp_load(org_id: Uuid, site_url: &str) -> Option<WpCreds> {
 pub fn put_wordpress_credentials(site_url: &str, username: &str, app_password: &str) -> Uuid {
     let org = admin_org();
     if username.is_empty() || username.contains(':') {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "username must be non-empty and contain no ':'", None, None);
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "username must be non-empty and contain no ':'",
+            None,
+            None,
+        );
     }
     if app_password.trim().is_empty() {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "app_password must not be empty", None, None);
     }
-    let json = serde_json::to_vec(&WpCreds { username: username.into(), app_password: app_password.into() }).expect("json");
+    let json =
+        serde_json::to_vec(&WpCreds { username: username.into(), app_password: app_password.into() }).expect("json");
     store(org, WP_KIND, &normalize_site(site_url), &json)
 }
 

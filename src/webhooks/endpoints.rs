@@ -13,7 +13,9 @@ use pgrx::{PgSqlErrorCode, Uuid};
 /// URL (url_policy.rs), or 22023 saying why not (without echoing it).
 #[pg_extern(immutable, parallel_safe)]
 pub fn _webhook_url(url: Option<&str>) -> String {
-    let Some(url) = url else { raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "url must not be NULL", None, None) };
+    let Some(url) = url else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "url must not be NULL", None, None)
+    };
     crate::url_policy::check(url).unwrap_or_else(|r| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -32,7 +34,9 @@ const KIND: &str = "webhook";
 /// endpoint; returns it (shown once by the calling SQL function).
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn _webhook_new_secret(org_id: Uuid, endpoint_id: Uuid, slot: &str) -> String {
-    let s = wh::generate_secret().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None));
+    let s = wh::generate_secret().unwrap_or_else(|_| {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None)
+    });
     secrets::store(*org_id.as_bytes(), KIND, &format!("{endpoint_id}:{slot}"), s.as_bytes());
     s
 }
@@ -50,7 +54,14 @@ pub fn _webhook_retire_secret(org_id: Uuid, endpoint_id: Uuid) {
 /// with the current secret and, while `with_previous`, the previous one too.
 /// Returns only signatures, never a secret.
 #[pg_extern(volatile, parallel_unsafe)]
-pub fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64, payload: &str, with_previous: bool) -> String {
+pub fn _webhook_signature(
+    org_id: Uuid,
+    endpoint_id: Uuid,
+    msg_id: &str,
+    ts: i64,
+    payload: &str,
+    with_previous: bool,
+) -> String {
     let org = *org_id.as_bytes();
     let mut sigs = vec![];
     let mut slots = vec!["current"];
@@ -61,7 +72,12 @@ pub fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64
         if let Some(secret) = secrets::load(org, KIND, &format!("{endpoint_id}:{slot}")) {
             let secret = zeroize::Zeroizing::new(secret);
             let Some(key) = std::str::from_utf8(&secret).ok().and_then(wh::standard_key) else {
-                raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "the endpoint's stored signing secret is malformed", None, None)
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    "the endpoint's stored signing secret is malformed",
+                    None,
+                    None,
+                )
             };
             sigs.push(wh::standard_sign(&key, msg_id, ts, payload.as_bytes()));
         }
@@ -75,7 +91,9 @@ pub fn _webhook_signature(org_id: Uuid, endpoint_id: Uuid, msg_id: &str, ts: i64
 /// Internal: a Standard Webhooks message id, `msg_` + 24 random base62 characters.
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn _webhook_msg_id() -> String {
-    let k = crate::api_key_format::generate().unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None));
+    let k = crate::api_key_format::generate().unwrap_or_else(|_| {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None)
+    });
     format!("msg_{}", &k[4..28])
 }
 

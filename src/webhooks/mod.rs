@@ -12,10 +12,22 @@ pgrx::extension_sql_file!(
     "webhooks.sql",
     name = "webhooks",
     requires = [
-        "organizations", "secrets", hmac_sha256, webhook_sign, webhook_verify, verify_stripe_signature,
-        verify_github_signature, verify_slack_signature, endpoints::_webhook_url, endpoints::_webhook_new_secret,
-        endpoints::_webhook_retire_secret, endpoints::_webhook_signature, endpoints::_webhook_msg_id,
-        endpoints::_outbox_max_payload, endpoints::_outbox_admit, context::current_org_id_if
+        "organizations",
+        "secrets",
+        hmac_sha256,
+        webhook_sign,
+        webhook_verify,
+        verify_stripe_signature,
+        verify_github_signature,
+        verify_slack_signature,
+        endpoints::_webhook_url,
+        endpoints::_webhook_new_secret,
+        endpoints::_webhook_retire_secret,
+        endpoints::_webhook_signature,
+        endpoints::_webhook_msg_id,
+        endpoints::_outbox_max_payload,
+        endpoints::_outbox_admit,
+        context::current_org_id_if
     ]
 );
 
@@ -25,7 +37,12 @@ fn tolerance_secs(t: Option<Interval>) -> Option<i64> {
 
 fn key_or_error(secret: &str) -> Vec<u8> {
     wh::standard_key(secret).unwrap_or_else(|| {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid webhook secret: expected whsec_<base64>", None, None)
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "invalid webhook secret: expected whsec_<base64>",
+            None,
+            None,
+        )
     })
 }
 
@@ -55,11 +72,21 @@ fn webhook_verify(
     signature_header: Option<&str>,
     tolerance: default!(Option<Interval>, "'5 minutes'"),
 ) -> bool {
-    let (Some(secret), Some(msg_id), Some(ts), Some(payload), Some(header)) = (secret, msg_id, ts, payload, signature_header) else {
+    let (Some(secret), Some(msg_id), Some(ts), Some(payload), Some(header)) =
+        (secret, msg_id, ts, payload, signature_header)
+    else {
         return false;
     };
     let Some(key) = wh::standard_key(secret) else { return false };
-    wh::standard_verify(&key, msg_id, ts, payload.as_bytes(), header, tolerance_secs(tolerance), crate::pg::clock::unix_secs())
+    wh::standard_verify(
+        &key,
+        msg_id,
+        ts,
+        payload.as_bytes(),
+        header,
+        tolerance_secs(tolerance),
+        crate::pg::clock::unix_secs(),
+    )
 }
 
 #[pg_extern(stable, parallel_safe)]
