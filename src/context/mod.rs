@@ -101,12 +101,18 @@ struct Checked {
     at: i64,
 }
 
+/// The last JWT this backend verified: the token, what it was verified
+/// under (secret and expectations), and its claims.
+type Verified = (String, zeroize::Zeroizing<Vec<u8>>, crate::jwt::JwtClaims);
+
 thread_local! {
     static CHECKED: RefCell<Option<Checked>> = const { RefCell::new(None) };
+    static VERIFIED: RefCell<Option<Verified>> = const { RefCell::new(None) };
 }
 
-/// How often a long statement (a DO loop, a procedure) re-reads the membership.
-const RECHECK_US: i64 = 10_000;
+/// Within one long statement (a DO loop, a procedure), how often the
+/// context is re-read; every new statement re-reads it anyway.
+const RECHECK_US: i64 = 1_000;
 
 static PREV_EXECUTOR_START: std::sync::OnceLock<pg_sys::ExecutorStart_hook_type> = std::sync::OnceLock::new();
 
@@ -150,12 +156,15 @@ fn refresh() {
         return;
     }
     let now = crate::pg::clock::now_us();
-    let token = settings::with_value(&settings::CONTEXT, |raw| raw.filter(|r| !r.is_empty()).map(<[u8]>::to_vec));
-    let Some(token) = token else { return };
-    let fresh = CHECKED.with(
-        |c| matches!(&*c.borrow(), Some(k) if k.token == token && k.statement == statement && now - k.at < RECHECK_US),
-    );
-    if fresh {
+    // No context, or one checked in this statement less than RECHECK_US
+    // ago: nothing to do (no allocation on this path, which every query takes).
+    let skip = settings::with_value(&settings::CONTEXT, |raw| {
+        match raw.filter(|r| !r.is_empty()) {
+        None => true,
+        Some(raw) => CHECKED.with(|c| matches!(&*c.borrow(), Some(k) if k.token == raw && k.statement == statement && now - k.at < RECHECK_US)),
+    }
+    });
+    if skip {
         return;
     }
     let Some(claims) = with_claims(Claims::clone) else { return };
@@ -174,6 +183,18 @@ fn refresh() {
 
 /// Sign `claims` and install them as the context until the end of the transaction.
 pub fn install(claims: Claims) {
+    // The same claims already installed (a request authenticating again in
+    // its transaction): nothing to sign or set.
+    let generation = settings::key_generation();
+    let installed = CACHE.with(|c| match &*c.borrow() {
+        Some(k) if k.generation == generation && k.claims.as_ref() == Some(&claims) => {
+            settings::with_value(&settings::CONTEXT, |v| v == Some(&k.token[..]))
+        }
+        _ => false,
+    });
+    if installed {
+        return;
+    }
     let key = keyring::current();
     let tok = context_token::encode(&claims, key.subkey(Purpose::Context));
     set_context_value(&tok);
@@ -368,8 +389,31 @@ pub fn authenticate_jwt(token: Option<&str>) -> Uuid {
     let (aud, iss) =
         (settings::with_value(&settings::JWT_AUDIENCE, text), settings::with_value(&settings::JWT_ISSUER, text));
     let expect = crate::jwt::Expect { audience: aud.as_deref(), issuer: iss.as_deref() };
+    let now = crate::pg::clock::unix_secs();
     let claims = keyring::with_jwt_secret(|secret| {
-        crate::jwt::verify_expecting(token, secret, crate::pg::clock::unix_secs(), expect)
+        // What the verdict depends on besides the token: the secret and the
+        // expectations. A token verified under the same is not verified
+        // again (only its expiry is checked): a client presents one bearer
+        // token for many requests, often to the same pooled backend.
+        let under = zeroize::Zeroizing::new(
+            [secret, b"\0", aud.as_deref().unwrap_or("").as_bytes(), b"\0", iss.as_deref().unwrap_or("").as_bytes()]
+                .concat(),
+        );
+        let cached = VERIFIED.with(|v| match &*v.borrow() {
+            Some((t, u, c)) if t == token && u[..] == under[..] => Some(c.clone()),
+            _ => None,
+        });
+        match cached {
+            Some(c) if now < c.exp => Ok(c),
+            Some(_) => Err(crate::jwt::JwtError::Expired),
+            None => {
+                let r = crate::jwt::verify_expecting(token, secret, now, expect);
+                if let Ok(c) = &r {
+                    VERIFIED.with(|v| *v.borrow_mut() = Some((token.to_owned(), under, c.clone())));
+                }
+                r
+            }
+        }
     });
     let claims = match claims {
         Ok(c) => c,
@@ -493,7 +537,10 @@ mod tests {
         let here = crate::context::current_binding();
         crate::context::install(Claims { role: "admin".into(), ..claims(here) });
         // Signed as admin, but the membership says member: re-signed lower.
-        assert_eq!(Spi::get_one::<String>("SELECT tenant_guard.current_user_role()").unwrap().as_deref(), Some("member"));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT tenant_guard.current_user_role()").unwrap().as_deref(),
+            Some("member")
+        );
         Spi::run("DELETE FROM tenant_guard.memberships").unwrap();
         // Removed: within one statement (this test is one), a query more
         // than 10 ms later starts with no context.
