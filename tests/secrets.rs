@@ -1,4 +1,4 @@
-//! Issue 5: secrets at rest under AES-256-GCM, bound to their org, with
+//! Secrets at rest under AES-256-GCM, bound to their org, with
 //! rotation and a pgcrypto migration path.
 
 mod common;

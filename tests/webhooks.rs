@@ -1,4 +1,4 @@
-//! Issue 6: webhook signing and verification, replay protection, endpoints
+//! Webhook signing and verification, replay protection, endpoints
 //! and the signed outbox.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Issue 2: the secret settings never reach a non-superuser, cannot be stored
+//! The secret settings never reach a non-superuser, cannot be stored
 //! in a catalog PUBLIC can read, and the extension refuses to run unpreloaded
 //! or without a usable passphrase.
 
