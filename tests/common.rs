@@ -1,12 +1,8 @@
 //! Shared helpers for the black-box tests (included with `mod common;`).
 #![allow(dead_code)]
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use postgres::{Client, SimpleQueryMessage};
 use serde_json::Value;
-use sha2::Sha256;
 use tenant_guard_harness::Db;
 
 pub fn now() -> i64 {
@@ -14,11 +10,7 @@ pub fn now() -> i64 {
 }
 
 pub fn jwt_with_header(header: &str, claims: &Value, secret: &str) -> String {
-    let h = B64.encode(header);
-    let p = B64.encode(serde_json::to_vec(claims).unwrap());
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
-    m.update(format!("{h}.{p}").as_bytes());
-    format!("{h}.{p}.{}", B64.encode(m.finalize().into_bytes()))
+    tenant_guard_harness::sign_hs256(header, &claims.to_string(), secret)
 }
 
 pub fn jwt(claims: &Value, secret: &str) -> String {

@@ -461,12 +461,18 @@ pub fn test_jwt(org: &str, user: &str) -> String {
 }
 
 pub fn test_jwt_with(org: &str, user: &str, secret: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = format!(r#"{{"sub":"{user}","org_id":"{org}","exp":{},"iat":{now}}}"#, now + 3600);
+    sign_hs256(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, secret)
+}
+
+/// The one HS256 signer of the tests and benchmarks (the extension only
+/// verifies): `header` and `claims` are JSON texts, used as given.
+pub fn sign_hs256(header: &str, claims: &str, secret: &str) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use base64::Engine;
     use hmac::{Hmac, Mac};
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let h = B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
-    let p = B64.encode(format!(r#"{{"sub":"{user}","org_id":"{org}","exp":{},"iat":{now}}}"#, now + 3600));
+    let (h, p) = (B64.encode(header), B64.encode(claims));
     let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
     m.update(format!("{h}.{p}").as_bytes());
     format!("{h}.{p}.{}", B64.encode(m.finalize().into_bytes()))
