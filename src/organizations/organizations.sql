@@ -1,13 +1,15 @@
 -- Organizations, memberships and the role ladder: tables, policies, the
 -- member-management functions and their grants.
 
--- The role ladder. Read-only reference data; the ranks match src/roles.rs.
+-- The role ladder: read-only reference data for PL/pgSQL and policy
+-- authors, filled from core/src/roles.rs (the one place the ranks are
+-- written) by an install-time function that is dropped right after.
 CREATE TABLE tenant_guard.roles (
     name text PRIMARY KEY,
     rank int NOT NULL UNIQUE
 );
-INSERT INTO tenant_guard.roles (name, rank) VALUES
-    ('viewer', 10), ('member', 20), ('admin', 30), ('owner', 40);
+INSERT INTO tenant_guard.roles (name, rank) SELECT l.name, l.rank FROM tenant_guard._role_ladder() l;
+DROP FUNCTION tenant_guard._role_ladder();
 
 CREATE TABLE tenant_guard.organizations (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
