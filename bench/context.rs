@@ -52,6 +52,30 @@ fn main() {
              o := tenant_guard.authenticate_jwt(t);
          END LOOP; END $$"
     );
+    // The same with 100 different members in turn: every token is verified
+    // in full (a backend keeps only the last one verified).
+    let members: Vec<(String, String)> = dba
+        .query("SELECT org_id::text, user_id::text FROM tenant_guard.memberships ORDER BY user_id LIMIT 100", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let toks: Vec<String> = members.iter().map(|(o, u)| format!("'{}'", test_jwt(o, u))).collect();
+    let orgs: Vec<String> = members.iter().map(|(o, _)| format!("'{o}'")).collect();
+    let users: Vec<String> = members.iter().map(|(_, u)| format!("'{u}'")).collect();
+    let bare_many = format!(
+        "DO $$ DECLARE r text; os uuid[] := ARRAY[{}]::uuid[]; us uuid[] := ARRAY[{}]::uuid[]; BEGIN FOR i IN 1..{loops} LOOP
+             SELECT m.role INTO r FROM tenant_guard.memberships m WHERE m.org_id = os[1 + i % 100] AND m.user_id = us[1 + i % 100];
+         END LOOP; END $$",
+        orgs.join(","),
+        users.join(",")
+    );
+    let jwt_many = format!(
+        "DO $$ DECLARE o uuid; ts text[] := ARRAY[{}]; BEGIN FOR i IN 1..{loops} LOOP
+             o := tenant_guard.authenticate_jwt(ts[1 + i % 100]);
+         END LOOP; END $$",
+        toks.join(",")
+    );
     let timed = |c: &mut postgres::Client, sql: &str| -> f64 {
         let t = Instant::now();
         c.batch_execute(sql).unwrap();
@@ -60,10 +84,12 @@ fn main() {
     let bare = dba.prepare("SELECT m.role FROM tenant_guard.memberships m WHERE m.org_id = $1::text::uuid AND m.user_id = $2::text::uuid").unwrap();
     let auth = app.prepare("SELECT tenant_guard.authenticate_jwt($1)::text").unwrap();
     let calls = if quick { 500 } else { 3_000 };
-    let mut v: [Vec<f64>; 4] = Default::default();
+    let mut v: [Vec<f64>; 6] = Default::default();
     for _ in 0..rounds {
         v[0].push(timed(&mut dba, &bare_loop));
         v[1].push(timed(&mut app, &jwt_loop));
+        v[4].push(timed(&mut dba, &bare_many));
+        v[5].push(timed(&mut app, &jwt_many));
         let t = Instant::now();
         for _ in 0..calls {
             dba.query_one(&bare, &[&org, &user]).unwrap();
@@ -80,6 +106,7 @@ fn main() {
         "{}",
         bench_table(&[
             ("server loop: authenticate_jwt() vs bare membership lookup", &v[0], &v[1]),
+            ("server loop, 100 members in turn (every token verified)", &v[4], &v[5]),
             ("client, prepared: authenticate_jwt() vs bare lookup", &v[2], &v[3]),
         ])
     );

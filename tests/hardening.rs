@@ -476,6 +476,12 @@ fn the_protection_guard_sees_every_way_an_org_table_appears() {
         ("a dropped policy of protect()", "DROP POLICY tenant_guard_select ON kept"),
         ("a policy of protect() made always true", "ALTER POLICY tenant_guard_delete ON kept USING (true)"),
         ("FORCE taken away", "ALTER TABLE kept NO FORCE ROW LEVEL SECURITY"),
+        ("a policy of protect() for one role only", "ALTER POLICY tenant_guard_select ON kept TO dba"),
+        ("an OR true", "ALTER POLICY tenant_guard_select ON kept USING (org_id = tenant_guard.current_org_id_if('viewer') OR true)"),
+        ("a coalesce", "ALTER POLICY tenant_guard_select ON kept USING (org_id = coalesce(tenant_guard.current_org_id_if('viewer'), org_id))"),
+        ("another column", "ALTER TABLE kept ADD COLUMN other uuid; ALTER POLICY tenant_guard_select ON kept USING (other = tenant_guard.current_org_id_if('viewer'))"),
+        ("a policy re-made for another command", "DROP POLICY tenant_guard_select ON kept; CREATE POLICY tenant_guard_select ON kept AS RESTRICTIVE FOR INSERT WITH CHECK (org_id = tenant_guard.current_org_id_if('viewer'))"),
+        ("the org column renamed away", "ALTER TABLE kept RENAME COLUMN org_id TO old_org; ALTER TABLE kept ADD COLUMN org_id uuid"),
     ];
     for (what, sql) in cases {
         let r = dba.simple_query(&format!("BEGIN; {sql}; COMMIT"));
@@ -612,9 +618,62 @@ fn literal_secrets_stay_out_of_statement_lines() {
         ))
         .is_err());
     exec(&mut app, "ROLLBACK");
+    // The second review's spellings: a secret quoted back by PostgreSQL's
+    // own error, a JSON typo, a U&-escaped function name, dollar quotes
+    // under log_statement, secret settings spelled other ways.
+    let more: Vec<String> =
+        (0..7).map(|i| format!("REVIEW2-{i}-{}", &tenant_guard_harness::generate_secret()[..16])).collect();
+    exec(&mut db.dba(), &format!("ALTER ROLE app IN DATABASE {} SET log_statement = 'all'", db.name));
+    let mut app = db.app();
+    for sql in [
+        format!("SELECT tenant_guard.put_secret('k', 'n', '{}'::int::text)", more[0]),
+        format!("SELECT tenant_guard.put_secret('k', 'n', '{{\"a\": {}'::jsonb::text)", more[1]),
+        format!("SELECT U&\"tenant_guard\".U&\"put\\005fsecret\"('k', 'n', '{}')::text::int", more[2]),
+        format!("SELECT tenant_guard.put_secret('k', 'n', $x${}$x$)::text::int", more[3]),
+    ] {
+        begin_as(&mut app, &w.org_a, OWNER_A);
+        let _ = app.simple_query(&sql);
+        let _ = app.simple_query("ROLLBACK");
+    }
+    let mut dba = db.dba();
+    exec(&mut dba, "SET log_statement = 'all'");
+    for sql in [
+        format!("BEGIN; SELECT set_config('tenant_guard.old_passphrases', '{}', true); ROLLBACK", more[4]),
+        format!("BEGIN; SET LOCAL \"tenant_guard\".\"old_passphrases\" = $q${}$q$; ROLLBACK", more[5]),
+        format!("BEGIN; SET LOCAL tenant_guard.old_passphrases /* c */ = '{}'; ROLLBACK", more[6]),
+    ] {
+        let _ = dba.simple_query(&sql);
+    }
+    exec(&mut db.dba(), &format!("ALTER ROLE app IN DATABASE {} RESET log_statement", db.name));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = cluster().server_log();
-    for s in [&s1, &s2, &s3] {
+    for s in [&s1, &s2, &s3].into_iter().chain(more.iter()) {
         assert!(!log.contains(s.as_str()), "{s} is in the server log");
     }
+}
+
+#[test]
+fn a_removal_reaches_a_statement_that_is_already_running() {
+    let db = cluster().fresh_db();
+    let w = world(&db);
+    let admin_token = token_for(&w.org_a, ADMIN_A);
+    let mut app = db.app();
+    exec(&mut app, "BEGIN");
+    val(&mut app, &format!("SELECT tenant_guard.authenticate_jwt('{admin_token}')"));
+    // A long DO block checks the role after the removal has committed: no
+    // new query starts there (an IF is a plain expression), the helper itself
+    // must notice.
+    let runner = std::thread::spawn(move || {
+        let r = app.simple_query(
+            "DO $$ BEGIN PERFORM pg_sleep(1.5);
+               IF tenant_guard.has_role('admin') OR tenant_guard.current_org_id() IS NOT NULL THEN
+                   RAISE EXCEPTION 'stale rights';
+               END IF; END $$",
+        );
+        full_error(&r)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    exec(&mut db.dba(), &format!("DELETE FROM tenant_guard.memberships WHERE user_id = '{ADMIN_A}'"));
+    let e = runner.join().unwrap();
+    assert!(e.is_empty(), "a removed admin kept the role inside a running statement: {e}");
 }

@@ -146,7 +146,9 @@ pub const SECRET_TAKING_FUNCTIONS: [&[u8]; 15] = [
 /// Whether `text` calls one of [`SECRET_TAKING_FUNCTIONS`] (it names one
 /// and mentions tenant_guard; `authenticate` also covers authenticate_jwt).
 pub fn calls_secret_taking_function(text: &[u8]) -> bool {
-    contains_ci(text, b"tenant_guard") && SECRET_TAKING_FUNCTIONS.iter().any(|f| contains_ci(text, f))
+    // A U&"..." identifier can spell any name: treated as such a call.
+    contains_ci(text, b"u&\"")
+        || (contains_ci(text, b"tenant_guard") && SECRET_TAKING_FUNCTIONS.iter().any(|f| contains_ci(text, f)))
 }
 
 /// In a text that calls a secret-taking function, the content of every
@@ -157,12 +159,27 @@ pub fn literals(text: &[u8]) -> Option<Vec<u8>> {
     if !calls_secret_taking_function(text) {
         return None;
     }
-    let start = SECRET_TAKING_FUNCTIONS.iter().filter_map(|f| find_ci(text, f, 0)).min()?;
+    let start = SECRET_TAKING_FUNCTIONS.iter().chain([&&b"u&\""[..]]).filter_map(|f| find_ci(text, f, 0)).min()?;
     let mut out = text.to_vec();
     let mut changed = false;
     let mut i = start;
     while i < out.len() {
-        if out[i] == b'\'' {
+        if out[i] == b'$' {
+            // A dollar quote: $$...$$ or $tag$...$tag$.
+            let tag_len = run(&out, i + 1, |b| b.is_ascii_alphanumeric() || b == b'_');
+            if out.get(i + 1 + tag_len) == Some(&b'$') {
+                let tag = out[i..i + tag_len + 2].to_vec();
+                let body = i + tag.len();
+                let end = find_ci(&out, &tag, body).unwrap_or(out.len());
+                for b in &mut out[body..end] {
+                    *b = b'*';
+                }
+                changed |= end > body;
+                i = end + tag.len();
+                continue;
+            }
+            i += 1;
+        } else if out[i] == b'\'' {
             let mut j = i + 1;
             while j < out.len() {
                 if out[j] == b'\'' {
@@ -186,9 +203,56 @@ pub fn literals(text: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
-/// Whether `text` names one of the secret settings.
+/// The words that name the secret settings, whatever surrounds them.
+const SETTING_WORDS: [&[u8]; 2] = [b"passphrase", b"jwt_secret"];
+
+/// Past closing quotes, white space and `/* ... */` comments from `i`.
+fn skip_quotes_space_comments(text: &[u8], mut i: usize) -> usize {
+    loop {
+        let before = i;
+        i += run(text, i, |b| b == b'"' || b == b'\'' || b.is_ascii_whitespace());
+        if text[i..].starts_with(b"/*") {
+            i = find_ci(text, b"*/", i + 2).map_or(text.len(), |e| e + 2);
+        }
+        if i == before {
+            return i;
+        }
+    }
+}
+
+/// Every quoted part ('...' or "...") of a message, masked: for errors
+/// raised while a statement that passes a secret runs, whose messages may
+/// quote an argument (`invalid input syntax for type integer: "..."`).
+pub fn quoted(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = text.to_vec();
+    let mut changed = false;
+    let mut i = 0;
+    while i < out.len() {
+        let q = out[i];
+        if q == b'"' || q == b'\'' {
+            let end = out[i + 1..].iter().position(|&b| b == q).map_or(out.len(), |p| i + 1 + p);
+            for b in &mut out[i + 1..end] {
+                *b = b'*';
+            }
+            changed |= end > i + 1;
+            i = end + 1;
+        } else {
+            i += 1;
+        }
+    }
+    changed.then_some(out)
+}
+
+/// A whole field replaced (details and contexts of such errors, which may
+/// quote an argument without quotes: JSON data, tokens).
+pub fn whole(text: &[u8]) -> Option<Vec<u8>> {
+    (!text.is_empty()).then(|| mark(text.len()))
+}
+
+/// Whether `text` names one of the secret settings (or hides a name in a
+/// U&"..." escape).
 pub fn mentions_secret_setting(text: &[u8]) -> bool {
-    SECRET_SETTINGS.iter().any(|n| contains_ci(text, n))
+    SETTING_WORDS.iter().any(|n| contains_ci(text, n)) || contains_ci(text, b"u&\"")
 }
 
 /// Values of secret settings as PostgreSQL's messages and statements give
@@ -201,17 +265,19 @@ pub fn mentions_secret_setting(text: &[u8]) -> bool {
 /// error quotes (`near token "..."`), which may be part of any value.
 pub fn setting_values(text: &[u8]) -> Option<Vec<u8>> {
     let mut cut: Option<usize> = None;
-    for name in SECRET_SETTINGS {
+    // The settings' own words, however the name around them is spelled
+    // (quoted parts, spaces around the dot, U&"..." escapes).
+    for name in SETTING_WORDS {
         let mut from = 0;
         while let Some(at) = find_ci(text, name, from) {
             let mut i = at + name.len();
             from = i;
-            if matches!(text.get(i), Some(b'"' | b'\'')) {
-                i += 1;
+            if matches!(text.get(i), Some(b's' | b'S')) {
+                i += 1; // old_passphrases
             }
-            i += run(text, i, |b| b.is_ascii_whitespace());
+            i = skip_quotes_space_comments(text, i);
             let rest = &text[i..];
-            let op = if rest.starts_with(b"=") || rest.starts_with(b":") {
+            let op = if rest.starts_with(b"=") || rest.starts_with(b":") || rest.starts_with(b",") {
                 Some(1)
             } else if rest.len() >= 2
                 && rest[..2].eq_ignore_ascii_case(b"to")
@@ -397,6 +463,32 @@ mod tests {
         assert_eq!(literals(b"SELECT 'hello'"), None, "no secret-taking call");
         assert_eq!(literals(b"SELECT put_secret('x')"), None, "not ours");
         assert!(calls_secret_taking_function(b"select TENANT_GUARD.AUTHENTICATE_JWT($1)"));
+    }
+
+    #[test]
+    fn the_review_spellings_are_masked() {
+        for (input, secret) in [
+            ("statement: select tenant_guard.put_secret('k','n',$x$SECRETpA10$x$)::text::int", "SECRETpA10"),
+            ("statement: select tenant_guard.put_secret('k','n',$$SECRETpA11$$)", "SECRETpA11"),
+            (r#"statement: select U&"tenant_guard".U&"put\005fsecret"('k','n','SECRETpA08')::text::int"#, "SECRETpA08"),
+        ] {
+            let out = s(literals(input.as_bytes()));
+            assert!(!out.contains(secret), "{out}");
+        }
+        for input in [
+            "statement: alter system set \"tenant_guard\".\"passphrase\" = $q$SECRETVALUE$q$",
+            "statement: alter system set tenant_guard.passphrase /* c */ = 'SECRETVALUE'",
+            "statement: alter system set tenant_guard . passphrase = 'SECRETVALUE'",
+            "statement: alter system set U&\"tenant_guard\\002epassphrase\" = 'SECRETVALUE'",
+            "statement: select set_config('tenant_guard.old_passphrases','SECRETVALUE',false)",
+        ] {
+            let out = s(setting_values(input.as_bytes()));
+            assert!(!out.contains("SECRETVALUE"), "{out}");
+        }
+        assert!(mentions_secret_setting(b"alter system set U&\"x\" = 'v'"));
+        let out = s(quoted(b"invalid input syntax for type integer: \"SECRETpA13\""));
+        assert!(!out.contains("SECRETpA13") && out.starts_with("invalid input syntax"), "{out}");
+        assert_eq!(s(whole(b"JSON data, line 1: {\"a\": SECRET")), "[redacted]");
     }
 
     #[test]

@@ -44,6 +44,12 @@ $$;
 
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.api_keys', '');
 
+-- Revocation, expiry and deletion of keys make contexts be checked again
+-- once they commit (see organizations.sql).
+CREATE TRIGGER tenant_guard_rights_changed AFTER UPDATE OF org_id, role, scopes, expires_at, revoked_at, created_by OR DELETE OR TRUNCATE
+    ON tenant_guard.api_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION tenant_guard._rights_changed();
+
 REVOKE ALL ON tenant_guard.api_keys FROM PUBLIC;
 REVOKE ALL ON FUNCTION
     tenant_guard.authenticate(text, text, inet), tenant_guard.create_api_key(text, text, text[], interval, int),

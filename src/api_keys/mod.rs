@@ -69,6 +69,17 @@ pub fn rank_now(key_id: [u8; 16]) -> Option<u8> {
     (!row.revoked && !row.expired && creator_vouches(&row)).then(|| roles::rank(&row.role)).flatten()
 }
 
+/// When a key expires (PostgreSQL microseconds), or None for no expiry.
+pub fn expires_at(key_id: [u8; 16]) -> Option<i64> {
+    index_lookup::fetch_one(
+        c"api_keys",
+        c"api_keys_pkey",
+        &[(c"id", index_lookup::Key::Uuid(Uuid::from_bytes(key_id)))],
+        |r| r.get::<i64>(c"expires_at", pg_sys::PgBuiltInOids::TIMESTAMPTZOID),
+    )
+    .flatten()
+}
+
 /// The row of `key_hash`, by a direct probe of the unique index (probe.rs).
 /// A key is revoked as soon as the revocation is committed (probe.rs reads
 /// the latest snapshot; the timestamp does not matter), and expired from the

@@ -7,7 +7,7 @@ REVOKE ALL ON FUNCTION
     tenant_guard.has_role(text), tenant_guard.require_role(text),
     tenant_guard.has_scope(text), tenant_guard.require_scope(text),
     tenant_guard.clear_context(), tenant_guard.authenticate_jwt(text), tenant_guard.assume(uuid, uuid),
-    tenant_guard._require_user_role(text)
+    tenant_guard._require_user_role(text), tenant_guard._note_rights_changed()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     tenant_guard.current_org_id(), tenant_guard.current_org_id_if(text), tenant_guard.current_user_id(),

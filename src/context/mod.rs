@@ -14,7 +14,7 @@ use crate::pg::index_lookup;
 use crate::pg::settings;
 use crate::roles;
 use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, Uuid};
+use pgrx::{PgAtomic, PgSqlErrorCode, Uuid};
 use std::cell::RefCell;
 
 // Grants of the context functions (context.sql).
@@ -35,7 +35,8 @@ pgrx::extension_sql_file!(
         clear_context,
         authenticate_jwt,
         assume,
-        _require_user_role
+        _require_user_role,
+        _note_rights_changed
     ]
 );
 
@@ -94,11 +95,13 @@ pub fn with_claims<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
 // ---------------------------------------------------------------- freshness
 
 /// When the context's membership (or key) was last re-read: for which
-/// token, in which top-level statement, at what time.
+/// token, at which value of the change counter, at what time, and until
+/// when the verdict holds by the clock (an API key's expiry).
 struct Checked {
     token: Vec<u8>,
-    statement: i64,
+    changes: u64,
     at: i64,
+    valid_until: i64,
 }
 
 /// The last JWT this backend verified: the token, what it was verified
@@ -110,14 +113,54 @@ thread_local! {
     static VERIFIED: RefCell<Option<Verified>> = const { RefCell::new(None) };
 }
 
-/// Within one long statement (a DO loop, a procedure), how often the
-/// context is re-read; every new statement re-reads it anyway.
-const RECHECK_US: i64 = 1_000;
+/// Re-read the membership at least this often even when no change was
+/// counted (a safety net, e.g. for a PREPAREd transaction committed elsewhere).
+const RECHECK_US: i64 = 1_000_000;
+
+// SAFETY: a unique name, initialized once by init() in the postmaster.
+/// Bumped after every commit that changed memberships or API keys (their
+/// statement triggers note it; the commit callback counts it): a context
+/// checked at the current count is still right, so the check on every query
+/// and every helper call costs one atomic read.
+static RIGHTS_CHANGES: PgAtomic<std::sync::atomic::AtomicU64> =
+    unsafe { PgAtomic::new(c"tenant_guard_rights_changes") };
+
+thread_local! {
+    /// This transaction changed memberships or keys.
+    static DIRTY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Internal (the statement triggers on memberships and api_keys): this
+/// transaction changes rights; once it commits, contexts are re-checked.
+#[pg_extern(volatile, parallel_unsafe)]
+pub fn _note_rights_changed() {
+    DIRTY.with(|d| d.set(true));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn rights_xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        // After the commit is visible to new snapshots (ProcArrayEndTransaction
+        // runs first), so a check that reads the new count sees the change.
+        // PREPARE counts too: what a COMMIT PREPARED elsewhere makes visible
+        // is caught by the RECHECK_US safety net.
+        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE if DIRTY.with(|d| d.replace(false)) => {
+            RIGHTS_CHANGES.get().fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        XACT_EVENT_ABORT => DIRTY.with(|d| d.set(false)),
+        _ => {}
+    }
+}
 
 static PREV_EXECUTOR_START: std::sync::OnceLock<pg_sys::ExecutorStart_hook_type> = std::sync::OnceLock::new();
 
-/// Install the ExecutorStart hook (from _PG_init, in the postmaster).
+/// Install the ExecutorStart hook and the change counter (from _PG_init,
+/// in the postmaster).
 pub fn init() {
+    pgrx::pg_shmem_init!(RIGHTS_CHANGES);
+    // SAFETY: registers a static callback once per process.
+    unsafe { pg_sys::RegisterXactCallback(Some(rights_xact_callback), std::ptr::null_mut()) };
     // SAFETY: _PG_init runs once per process before any query; the hook is
     // a plain global pointer, chained to whatever was there.
     let prev = unsafe { pg_sys::ExecutorStart_hook };
@@ -149,20 +192,27 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     }
 }
 
-fn refresh() {
-    // SAFETY: plain reads of transaction state.
-    let (parallel, statement) = unsafe { (pg_sys::IsInParallelMode(), pg_sys::GetCurrentStatementStartTimestamp()) };
-    if parallel {
+/// Bring the context in line with the latest committed memberships and
+/// keys, if anything changed since it was last checked. Called before every
+/// query and by every helper; cheap when nothing changed.
+pub fn refresh() {
+    // SAFETY: a plain read of transaction state.
+    if unsafe { pg_sys::IsInParallelMode() } {
         return;
     }
+    let changes = RIGHTS_CHANGES.get().load(std::sync::atomic::Ordering::Acquire);
+    // In a transaction that itself changes rights, every check is made afresh.
+    let dirty = DIRTY.with(std::cell::Cell::get);
     let now = crate::pg::clock::now_us();
-    // No context, or one checked in this statement less than RECHECK_US
-    // ago: nothing to do (no allocation on this path, which every query takes).
-    let skip = settings::with_value(&settings::CONTEXT, |raw| {
-        match raw.filter(|r| !r.is_empty()) {
+    // No context, or one checked at this count, not too long ago and not
+    // past its key's expiry: nothing to do (and no allocation).
+    let skip = settings::with_value(&settings::CONTEXT, |raw| match raw.filter(|r| !r.is_empty()) {
         None => true,
-        Some(raw) => CHECKED.with(|c| matches!(&*c.borrow(), Some(k) if k.token == raw && k.statement == statement && now - k.at < RECHECK_US)),
-    }
+        Some(raw) => CHECKED.with(|c| {
+            !dirty
+                && matches!(&*c.borrow(), Some(k) if k.token == raw && k.changes == changes
+                && now - k.at < RECHECK_US && now < k.valid_until)
+        }),
     });
     if skip {
         return;
@@ -177,8 +227,9 @@ fn refresh() {
         }
         Some(_) => {}
     }
+    let valid_until = claims.api_key_id.and_then(crate::api_keys::expires_at).unwrap_or(i64::MAX);
     let token = settings::with_value(&settings::CONTEXT, |raw| raw.unwrap_or(b"").to_vec());
-    CHECKED.with(|c| *c.borrow_mut() = Some(Checked { token, statement, at: now }));
+    CHECKED.with(|c| *c.borrow_mut() = Some(Checked { token, changes, at: now, valid_until }));
 }
 
 /// Sign `claims` and install them as the context until the end of the transaction.
@@ -229,6 +280,7 @@ fn has_rank(claims: &Claims, min: u8) -> bool {
 
 #[pg_extern(stable, parallel_safe)]
 pub fn current_org_id() -> Option<Uuid> {
+    refresh();
     with_claims(|c| Uuid::from_bytes(c.org_id))
 }
 
@@ -237,26 +289,31 @@ pub fn current_org_id() -> Option<Uuid> {
 #[pg_extern(stable, parallel_safe)]
 pub fn current_org_id_if(min_role: Option<&str>) -> Option<Uuid> {
     let min = require_known_role(min_role);
+    refresh();
     with_claims(|c| has_rank(c, min).then(|| Uuid::from_bytes(c.org_id))).flatten()
 }
 
 #[pg_extern(stable, parallel_safe)]
 pub fn current_user_id() -> Option<Uuid> {
+    refresh();
     with_claims(|c| c.user_id.map(Uuid::from_bytes)).flatten()
 }
 
 #[pg_extern(stable, parallel_safe)]
 pub fn current_user_role() -> Option<String> {
+    refresh();
     with_claims(|c| c.role.clone())
 }
 
 #[pg_extern(stable, parallel_safe)]
 pub fn current_api_key_id() -> Option<Uuid> {
+    refresh();
     with_claims(|c| c.api_key_id.map(Uuid::from_bytes)).flatten()
 }
 
 #[pg_extern(stable, parallel_safe)]
 pub fn current_scopes() -> Option<Vec<String>> {
+    refresh();
     with_claims(|c| c.scopes.clone())
 }
 
@@ -264,6 +321,7 @@ pub fn current_scopes() -> Option<Vec<String>> {
 #[pg_extern(stable, parallel_safe)]
 pub fn has_role(min_role: Option<&str>) -> bool {
     let min = require_known_role(min_role);
+    refresh();
     with_claims(|c| has_rank(c, min)).unwrap_or(false)
 }
 
@@ -333,6 +391,7 @@ pub fn _require_user_role(min_role: Option<&str>) {
 /// or for user contexts, which carry no scopes.
 #[pg_extern(stable, parallel_safe)]
 pub fn has_scope(scope: Option<&str>) -> bool {
+    refresh();
     let Some(scope) = scope else {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "scope must not be NULL", None, None)
     };
@@ -542,9 +601,7 @@ mod tests {
             Some("member")
         );
         Spi::run("DELETE FROM tenant_guard.memberships").unwrap();
-        // Removed: within one statement (this test is one), a query more
-        // than 10 ms later starts with no context.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Removed (in this very transaction): the next query has no context.
         assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT tenant_guard.current_org_id()").unwrap(), None);
     }
 }

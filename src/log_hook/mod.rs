@@ -126,15 +126,30 @@ fn rewrite(e: &mut pg_sys::ErrorData, stmt: &[u8], ours: bool, values: &[&[u8]])
     {
         e.hide_stmt = true;
     }
+    // An error raised by PostgreSQL itself (not by our own code, whose
+    // messages never quote an argument) while a statement that passes a
+    // secret runs may quote that argument: `invalid input syntax for type
+    // integer: "..."`, a JSON token in DETAIL and CONTEXT. Its quoted parts
+    // are masked, and its detail and context replaced whole.
+    let ours_raised = bytes(e.filename).is_some_and(|f| f.ends_with(b".rs"));
+    let passes_secret = !ours_raised && log_redaction::calls_secret_taking_function(stmt);
+    let message = e.message;
+    let hint = e.hint;
     for field in [e.message, e.detail, e.detail_log, e.hint, e.context, e.internalquery] {
         let Some(old) = bytes(field) else { continue };
         let mut cur: Option<Vec<u8>> = None;
-        let steps: [Step; 5] = [
+        let quoted_only = field == message || field == hint;
+        let steps: [Step; 6] = [
             &log_redaction::secrets,
             &log_redaction::literals,
             &|t| if ours { log_redaction::parameters(t) } else { None },
             &log_redaction::setting_values,
             &|t| log_redaction::known_values(t, values),
+            &|t| match (passes_secret, quoted_only) {
+                (false, _) => None,
+                (true, true) => log_redaction::quoted(t),
+                (true, false) => log_redaction::whole(t),
+            },
         ];
         for step in steps {
             if let Some(next) = step(cur.as_deref().unwrap_or(old)) {

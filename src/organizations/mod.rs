@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 pgrx::extension_sql_file!(
     "organizations.sql",
     name = "organizations",
-    requires = ["schema", context::current_org_id, _role_ladder]
+    requires = ["schema", context::current_org_id, context::_note_rights_changed, _role_ladder]
 );
 
 /// Install time only (organizations.sql drops it once the `roles` table

@@ -200,6 +200,24 @@ $$;
 CREATE TRIGGER tenant_guard_membership_changed AFTER UPDATE OR DELETE ON tenant_guard.memberships
     FOR EACH ROW EXECUTE FUNCTION tenant_guard._membership_changed();
 
+-- Any change to memberships or API keys (including a superuser's own DML
+-- and TRUNCATE) makes every context be checked again once it commits
+-- (context/mod.rs: the change counter).
+CREATE FUNCTION tenant_guard._rights_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenant_guard._note_rights_changed();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tenant_guard_rights_changed AFTER UPDATE OF org_id, user_id, role OR DELETE OR TRUNCATE
+    ON tenant_guard.memberships
+    FOR EACH STATEMENT EXECUTE FUNCTION tenant_guard._rights_changed();
+
 -- Tables of an extension are left out of pg_dump unless registered: without
 -- this a dump would hold no organization or member (likewise in each file).
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.organizations', '');
@@ -209,7 +227,8 @@ REVOKE ALL ON tenant_guard.roles, tenant_guard.organizations, tenant_guard.membe
 REVOKE ALL ON FUNCTION
     tenant_guard.create_organization(text, uuid), tenant_guard._check_member_change(uuid, text),
     tenant_guard._assert_owner_remains(uuid), tenant_guard.add_member(uuid, text),
-    tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid), tenant_guard._membership_changed()
+    tenant_guard.set_member_role(uuid, text), tenant_guard.remove_member(uuid), tenant_guard._membership_changed(),
+    tenant_guard._rights_changed()
 FROM PUBLIC;
 GRANT SELECT ON tenant_guard.roles TO PUBLIC;
 GRANT SELECT ON tenant_guard.organizations, tenant_guard.memberships TO PUBLIC;   -- rows filtered by RLS

@@ -58,6 +58,11 @@ pub fn init() {
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
 
+/// A policy expression as protect() writes it (with or without the schema,
+/// as pg_get_expr prints it under the session's search_path).
+const PROTECT_EXPRESSION: &str =
+    r"^\(org_id = (tenant_guard\.)?current_org_id_if\('(viewer|member|admin|owner)'::text\)\)$";
+
 fn check_pending() {
     let pending: Vec<pg_sys::Oid> = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     if pending.is_empty() {
@@ -101,10 +106,19 @@ fn check_pending() {
                          AND (NOT c.relforcerowsecurity
                               OR (SELECT pg_catalog.count(*) FROM pg_catalog.pg_policy p
                                    WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND NOT p.polpermissive
-                                     AND p.polname OPERATOR(pg_catalog.=) ANY ('{tenant_guard_select,tenant_guard_insert,tenant_guard_update,tenant_guard_delete}'::pg_catalog.name[])
-                                     AND pg_catalog.concat(pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))
-                                         OPERATOR(pg_catalog.~~) '%current_org_id_if(%') OPERATOR(pg_catalog.<) 4)))",
-            &[oid.into()],
+                                     -- exactly what protect() made: for everyone, for its command,
+                                     -- each expression `org_id = current_org_id_if('<role>')`
+                                     AND p.polroles OPERATOR(pg_catalog.=) '{0}'::pg_catalog.oid[]
+                                     AND (p.polname::pg_catalog.text, p.polcmd::pg_catalog.text) IN
+                                         (('tenant_guard_select', 'r'), ('tenant_guard_insert', 'a'),
+                                          ('tenant_guard_update', 'w'), ('tenant_guard_delete', 'd'))
+                                     AND (p.polqual IS NULL) OPERATOR(pg_catalog.=) (p.polcmd OPERATOR(pg_catalog.=) 'a')
+                                     AND (p.polwithcheck IS NULL) OPERATOR(pg_catalog.=) (p.polcmd OPERATOR(pg_catalog.=) ANY ('{r,d}'::pg_catalog.\"char\"[]))
+                                     AND COALESCE(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '(org_id = current_org_id_if(''viewer''::text))')
+                                         OPERATOR(pg_catalog.~) $2
+                                     AND COALESCE(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '(org_id = current_org_id_if(''viewer''::text))')
+                                         OPERATOR(pg_catalog.~) $2) OPERATOR(pg_catalog.<) 4)))",
+            &[oid.into(), PROTECT_EXPRESSION.into()],
         )
         .unwrap_or(None);
         if let Some(n) = name {
