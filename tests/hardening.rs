@@ -482,12 +482,18 @@ fn the_protection_guard_sees_every_way_an_org_table_appears() {
         ("another column", "ALTER TABLE kept ADD COLUMN other uuid; ALTER POLICY tenant_guard_select ON kept USING (other = tenant_guard.current_org_id_if('viewer'))"),
         ("a policy re-made for another command", "DROP POLICY tenant_guard_select ON kept; CREATE POLICY tenant_guard_select ON kept AS RESTRICTIVE FOR INSERT WITH CHECK (org_id = tenant_guard.current_org_id_if('viewer'))"),
         ("the org column renamed away", "ALTER TABLE kept RENAME COLUMN org_id TO old_org; ALTER TABLE kept ADD COLUMN org_id uuid"),
+        ("a parent without RLS", "CREATE TABLE leak (); ALTER TABLE kept INHERIT leak"),
+        ("TRUNCATE granted back", "GRANT TRUNCATE ON kept TO app"),
+        ("TRIGGER granted back", "GRANT TRIGGER ON kept TO app"),
+        ("a view that reads as its owner", "CREATE VIEW v_kept AS SELECT * FROM kept"),
     ];
     for (what, sql) in cases {
         let r = dba.simple_query(&format!("BEGIN; {sql}; COMMIT"));
         assert_eq!(sqlstate(&r).as_deref(), Some("55000"), "{what}: {}", full_error(&r));
         let _ = dba.simple_query("ROLLBACK");
     }
+    // A view that runs as its caller is fine.
+    exec(&mut dba, "BEGIN; CREATE VIEW v_ok WITH (security_invoker = true) AS SELECT * FROM kept; COMMIT");
     // The child that inherits the new column is named too, not only the parent.
     let r = dba.simple_query("ALTER TABLE base ADD COLUMN org_id uuid");
     assert!(message(&r).contains("heir"), "{}", full_error(&r));

@@ -143,12 +143,35 @@ pub const SECRET_TAKING_FUNCTIONS: [&[u8]; 15] = [
     b"assume",
 ];
 
-/// Whether `text` calls one of [`SECRET_TAKING_FUNCTIONS`] (it names one
-/// and mentions tenant_guard; `authenticate` also covers authenticate_jwt).
-pub fn calls_secret_taking_function(text: &[u8]) -> bool {
+/// Where `text` first calls one of [`SECRET_TAKING_FUNCTIONS`]: the name
+/// (schema-qualified or not, since a search_path can name tenant_guard),
+/// then optional quotes and spaces, then `(`. `authenticate` also covers
+/// authenticate_jwt, `webhook_verify` webhook_verify_once.
+fn first_call(text: &[u8]) -> Option<usize> {
+    let mut first: Option<usize> = None;
+    for f in SECRET_TAKING_FUNCTIONS {
+        let mut from = 0;
+        while let Some(at) = find_ci(text, f, from) {
+            from = at + 1;
+            let mut i = at + f.len();
+            i += run(text, i, |b| b.is_ascii_alphanumeric() || b == b'_');
+            i = skip_quotes_space_comments(text, i);
+            if text.get(i) == Some(&b'(') {
+                first = Some(first.map_or(at, |x| x.min(at)));
+                break;
+            }
+        }
+    }
     // A U&"..." identifier can spell any name: treated as such a call.
-    contains_ci(text, b"u&\"")
-        || (contains_ci(text, b"tenant_guard") && SECRET_TAKING_FUNCTIONS.iter().any(|f| contains_ci(text, f)))
+    if let Some(u) = find_ci(text, b"u&\"", 0) {
+        first = Some(first.map_or(u, |x| x.min(u)));
+    }
+    first
+}
+
+/// Whether `text` calls one of [`SECRET_TAKING_FUNCTIONS`].
+pub fn calls_secret_taking_function(text: &[u8]) -> bool {
+    first_call(text).is_some()
 }
 
 /// In a text that calls a secret-taking function, the content of every
@@ -156,10 +179,7 @@ pub fn calls_secret_taking_function(text: &[u8]) -> bool {
 /// replaced by asterisks, from the first such call on. For statements as
 /// log_statement prints them: bind parameters are the rule, this is the net.
 pub fn literals(text: &[u8]) -> Option<Vec<u8>> {
-    if !calls_secret_taking_function(text) {
-        return None;
-    }
-    let start = SECRET_TAKING_FUNCTIONS.iter().chain([&&b"u&\""[..]]).filter_map(|f| find_ci(text, f, 0)).min()?;
+    let start = first_call(text)?;
     let mut out = text.to_vec();
     let mut changed = false;
     let mut i = start;
@@ -182,6 +202,15 @@ pub fn literals(text: &[u8]) -> Option<Vec<u8>> {
         } else if out[i] == b'\'' {
             let mut j = i + 1;
             while j < out.len() {
+                if out[j] == b'\\' && j + 1 < out.len() {
+                    // A backslash escape (E'...', or standard_conforming_strings
+                    // off); in a standard string this masks a little too much.
+                    out[j] = b'*';
+                    out[j + 1] = b'*';
+                    changed = true;
+                    j += 2;
+                    continue;
+                }
                 if out[j] == b'\'' {
                     if out.get(j + 1) == Some(&b'\'') {
                         out[j] = b'*';
@@ -461,7 +490,11 @@ mod tests {
         let out = s(literals(b"SELECT tenant_guard.put_wordpress_credentials('https://wp', 'admin', 'it''s secret')"));
         assert!(!out.contains("secret") && !out.contains("admin"), "{out}");
         assert_eq!(literals(b"SELECT 'hello'"), None, "no secret-taking call");
-        assert_eq!(literals(b"SELECT put_secret('x')"), None, "not ours");
+        assert!(s(literals(b"SET search_path = tenant_guard; SELECT put_secret('k', 'n', 'unqualified')"))
+            .contains("'***********'"));
+        assert_eq!(literals(b"SELECT 'a put_secret b'"), None, "named, not called");
+        let out = s(literals(br"SELECT tenant_guard.put_secret('k','n',E'x\' SECRET \'')"));
+        assert!(!out.contains("SECRET"), "{out}");
         assert!(calls_secret_taking_function(b"select TENANT_GUARD.AUTHENTICATE_JWT($1)"));
     }
 

@@ -117,7 +117,34 @@ fn check_pending() {
                                      AND COALESCE(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '(org_id = current_org_id_if(''viewer''::text))')
                                          OPERATOR(pg_catalog.~) $2
                                      AND COALESCE(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '(org_id = current_org_id_if(''viewer''::text))')
-                                         OPERATOR(pg_catalog.~) $2) OPERATOR(pg_catalog.<) 4)))",
+                                         OPERATOR(pg_catalog.~) $2) OPERATOR(pg_catalog.<) 4
+                              -- and nobody but the owner may TRUNCATE it (ignores RLS), put a
+                              -- trigger on it or reference it (protect() revoked these)
+                              OR EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a
+                                          WHERE a.grantee OPERATOR(pg_catalog.<>) c.relowner
+                                            AND a.privilege_type OPERATOR(pg_catalog.=) ANY ('{TRUNCATE,TRIGGER,REFERENCES}'::pg_catalog.text[]))))
+                     -- Queried through an ancestor, a table has the ancestor's RLS only:
+                     -- every ancestor must have RLS too (INHERIT into, ATTACH to a parent).
+                     OR EXISTS (WITH RECURSIVE up(rel) AS (
+                                    SELECT i.inhparent FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid
+                                    UNION
+                                    SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid OPERATOR(pg_catalog.=) up.rel)
+                                SELECT 1 FROM up JOIN pg_catalog.pg_class a ON a.oid OPERATOR(pg_catalog.=) up.rel
+                                 WHERE NOT a.relrowsecurity))
+             UNION ALL
+             -- A view over a table with RLS that runs as its owner (not
+             -- security_invoker) reads every org's rows for whoever may select from it.
+             SELECT v.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class v
+              WHERE v.oid OPERATOR(pg_catalog.=) $1 AND v.relkind OPERATOR(pg_catalog.=) 'v'
+                AND v.relpersistence OPERATOR(pg_catalog.<>) 't'
+                AND NOT COALESCE('security_invoker=true' OPERATOR(pg_catalog.=) ANY (v.reloptions), false)
+                AND NOT COALESCE('security_invoker=on' OPERATOR(pg_catalog.=) ANY (v.reloptions), false)
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r
+                              JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                                   AND d.objid OPERATOR(pg_catalog.=) r.oid AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                              JOIN pg_catalog.pg_class t ON t.oid OPERATOR(pg_catalog.=) d.refobjid
+                             WHERE r.ev_class OPERATOR(pg_catalog.=) v.oid AND t.oid OPERATOR(pg_catalog.<>) v.oid AND t.relrowsecurity)
+             LIMIT 1",
             &[oid.into(), PROTECT_EXPRESSION.into()],
         )
         .unwrap_or(None);

@@ -253,6 +253,11 @@ BEGIN
                 UNION
                 -- CREATE / ALTER POLICY: the policy's table.
                 SELECT p.polrelid FROM cmd JOIN pg_policy p ON p.oid = cmd.objid AND cmd.classid = 'pg_policy'::regclass
+                UNION
+                -- GRANT names no object here: every table protect() made.
+                SELECT p.polrelid FROM pg_policy p
+                 WHERE p.polname = 'tenant_guard_select'
+                   AND EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() g WHERE g.command_tag = 'GRANT')
             ) base
             UNION
             SELECT i.inhrelid FROM pg_inherits i JOIN touched ON i.inhparent = touched.relid
