@@ -59,9 +59,10 @@ pub fn init() {
 }
 
 /// A policy expression as protect() writes it (with or without the schema,
-/// as pg_get_expr prints it under the session's search_path).
+/// as pg_get_expr prints it under the session's search_path; a column of a
+/// domain over uuid is printed with its cast).
 const PROTECT_EXPRESSION: &str =
-    r"^\(org_id = (tenant_guard\.)?current_org_id_if\('(viewer|member|admin|owner)'::text\)\)$";
+    r"^\((org_id|\(org_id\)::uuid) = (tenant_guard\.)?current_org_id_if\('(viewer|member|admin|owner)'::text\)\)$";
 
 fn check_pending() {
     let pending: Vec<pg_sys::Oid> = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
