@@ -23,6 +23,14 @@ if ! python3 -c 'import cryptography' 2>/dev/null; then
     python3 -m pip install -q cryptography 2>/dev/null || python3 -m pip install -q --break-system-packages cryptography
 fi
 
+# .ci/run checks formatting and lints before the tests.
+for c in rustfmt clippy; do
+    if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "setup: installing the $c component"
+        rustup component add "$c"
+    fi
+done
+
 if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
     echo "setup: installing cargo-pgrx 0.18.1 (about 7 minutes)"
     cargo install cargo-pgrx --version 0.18.1 --locked

@@ -494,7 +494,10 @@ fn the_protection_guard_sees_every_way_an_org_table_appears() {
     }
     // A table whose org column is a domain over uuid can be protected, and
     // then passes the guard.
-    exec(&mut dba, "BEGIN; CREATE TABLE dom_ok (org_id org_ref NOT NULL); SELECT tenant_guard.protect('dom_ok'); COMMIT");
+    exec(
+        &mut dba,
+        "BEGIN; CREATE TABLE dom_ok (org_id org_ref NOT NULL); SELECT tenant_guard.protect('dom_ok'); COMMIT",
+    );
     // A view that runs as its caller is fine.
     exec(&mut dba, "BEGIN; CREATE VIEW v_ok WITH (security_invoker = true) AS SELECT * FROM kept; COMMIT");
     // The child that inherits the new column is named too, not only the parent.

@@ -47,6 +47,7 @@ struct KeyRow {
     rpm: i32,
     revoked: bool,
     expired: bool,
+    expires_at: Option<i64>,
     created_by: Option<Uuid>,
 }
 
@@ -63,21 +64,12 @@ fn creator_vouches(row: &KeyRow) -> bool {
 }
 
 /// The rank an API-key context holds now: its key's role while the key is
-/// neither revoked nor expired and its creator still vouches for it.
-pub fn rank_now(key_id: [u8; 16]) -> Option<u8> {
+/// neither revoked nor expired and its creator still vouches for it; with
+/// the key's expiry (PostgreSQL microseconds, i64::MAX for none).
+pub fn rank_now(key_id: [u8; 16]) -> Option<(u8, i64)> {
     let row = lookup_by(c"api_keys_pkey", &[(c"id", index_lookup::Key::Uuid(Uuid::from_bytes(key_id)))])?;
-    (!row.revoked && !row.expired && creator_vouches(&row)).then(|| roles::rank(&row.role)).flatten()
-}
-
-/// When a key expires (PostgreSQL microseconds), or None for no expiry.
-pub fn expires_at(key_id: [u8; 16]) -> Option<i64> {
-    index_lookup::fetch_one(
-        c"api_keys",
-        c"api_keys_pkey",
-        &[(c"id", index_lookup::Key::Uuid(Uuid::from_bytes(key_id)))],
-        |r| r.get::<i64>(c"expires_at", pg_sys::PgBuiltInOids::TIMESTAMPTZOID),
-    )
-    .flatten()
+    let rank = (!row.revoked && !row.expired && creator_vouches(&row)).then(|| roles::rank(&row.role)).flatten()?;
+    Some((rank, row.expires_at.unwrap_or(i64::MAX)))
 }
 
 /// The row of `key_hash`, by a direct probe of the unique index (probe.rs).
@@ -96,7 +88,8 @@ fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, index_loo
     use pg_sys::PgBuiltInOids as T;
     index_lookup::fetch_one(c"api_keys", index, keys, |r| {
         let revoked = r.get::<i64>(c"revoked_at", T::TIMESTAMPTZOID).is_some();
-        let expired = past(r.get::<i64>(c"expires_at", T::TIMESTAMPTZOID));
+        let expires_at = r.get::<i64>(c"expires_at", T::TIMESTAMPTZOID);
+        let expired = past(expires_at);
         // Role and scopes (which could be stored out of line, in TOAST) are
         // read only for a usable key: a revoked or expired key touches
         // nothing an unknown one does not.
@@ -113,6 +106,7 @@ fn lookup_by(index: &'static std::ffi::CStr, keys: &[(&std::ffi::CStr, index_loo
             rpm: r.get(c"rate_limit_per_minute", T::INT4OID).expect("rate"),
             revoked,
             expired,
+            expires_at,
             created_by: if usable { r.get(c"created_by", T::UUIDOID) } else { None },
         }
     })

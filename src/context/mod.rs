@@ -219,15 +219,18 @@ pub fn refresh() {
     }
     let Some(claims) = with_claims(Claims::clone) else { return };
     let signed = roles::rank(&claims.role).unwrap_or(0);
-    match rank_now() {
-        None => clear_context(),
-        Some(r) if r < signed => {
+    let valid_until = match rank_and_expiry_now() {
+        None => {
+            clear_context();
+            i64::MAX
+        }
+        Some((r, until)) if r < signed => {
             let role = roles::ROLES.iter().find(|(_, rank)| *rank == r).map(|(n, _)| n.to_string()).unwrap_or_default();
             install(Claims { role, ..claims });
+            until
         }
-        Some(_) => {}
-    }
-    let valid_until = claims.api_key_id.and_then(crate::api_keys::expires_at).unwrap_or(i64::MAX);
+        Some((_, until)) => until,
+    };
     let token = settings::with_value(&settings::CONTEXT, |raw| raw.unwrap_or(b"").to_vec());
     CHECKED.with(|c| *c.borrow_mut() = Some(Checked { token, changes, at: now, valid_until }));
 }
@@ -330,14 +333,20 @@ pub fn has_role(min_role: Option<&str>) -> bool {
 /// key's state for an API key), read past the transaction's snapshot. None
 /// without a context, or when the membership or key is gone.
 pub fn rank_now() -> Option<u8> {
+    rank_and_expiry_now().map(|(rank, _)| rank)
+}
+
+/// [`rank_now`], with until when that holds by the clock (an API key's
+/// expiry; i64::MAX for a user).
+fn rank_and_expiry_now() -> Option<(u8, i64)> {
     let (org, user, key, role) = with_claims(|c| (c.org_id, c.user_id, c.api_key_id, c.role.clone()))?;
     let signed = roles::rank(&role)?;
-    let now = match (user, key) {
-        (Some(u), _) => roles::rank(&membership_role(org, u)?)?,
+    let (now, until) = match (user, key) {
+        (Some(u), _) => (roles::rank(&membership_role(org, u)?)?, i64::MAX),
         (None, Some(k)) => crate::api_keys::rank_now(k)?,
         (None, None) => return None,
     };
-    Some(signed.min(now))
+    Some((signed.min(now), until))
 }
 
 /// Raise 42501 unless the context's role, as the latest committed state
