@@ -104,6 +104,11 @@ fn check_pending() {
                      -- each still checking the org.
                      OR (EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
                                   WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND p.polname OPERATOR(pg_catalog.~~) 'tenant\\_guard\\_%')
+                         -- (the extension's own tables carry policies of that name
+                         -- but were never protect()ed: security_audit() checks them)
+                         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                          WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                                            AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e')
                          AND (NOT c.relforcerowsecurity
                               OR (SELECT pg_catalog.count(*) FROM pg_catalog.pg_policy p
                                    WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND NOT p.polpermissive
