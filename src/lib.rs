@@ -7,7 +7,8 @@
 use pgrx::prelude::*;
 
 pub use tenant_guard_core::{
-    api_key_format, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, roles, url_policy, webhook_signature,
+    api_key_format, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, policy_shape, roles, url_policy,
+    webhook_signature,
 };
 
 mod pg;
@@ -22,6 +23,7 @@ mod protection;
 mod rate_limit;
 mod request_log;
 mod secrets;
+mod security_audit;
 mod webhooks;
 
 ::pgrx::pg_module_magic!();

@@ -368,7 +368,10 @@ fn require_protection_guard() {
     // GRANT and REVOKE (which make the guard look at every protect()ed
     // table) go through: the extension's own tables, whose policies share
     // protect()'s names, are not protect()ed tables.
-    exec(&mut dba, "GRANT SELECT ON unrelated TO app; REVOKE SELECT ON unrelated FROM app; GRANT SELECT ON accepted TO app");
+    exec(
+        &mut dba,
+        "GRANT SELECT ON unrelated TO app; REVOKE SELECT ON unrelated FROM app; GRANT SELECT ON accepted TO app",
+    );
     // Only a superuser decides.
     let mut app = db.app();
     assert_eq!(sqlstate(&app.simple_query("SET tenant_guard.require_protection = off")).as_deref(), Some("42501"));

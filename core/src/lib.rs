@@ -18,6 +18,8 @@ pub mod jwt;
 pub mod kdf;
 /// What the server-log hook removes from a message.
 pub mod log_redaction;
+/// How far an RLS policy expression limits rows to the current org.
+pub mod policy_shape;
 /// The role ladder: owner > admin > member > viewer.
 pub mod roles;
 /// Which URLs a webhook endpoint may have.

@@ -400,6 +400,26 @@ impl Cluster {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 
+    /// Append lines to postgresql.conf (a later line wins); takes effect at
+    /// the next reload or restart.
+    pub fn append_conf(&self, lines: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.datadir.join("postgresql.conf")).unwrap();
+        writeln!(f, "\n{lines}").unwrap();
+    }
+
+    /// Stop the server (fast) and start it again with the same data and configuration.
+    pub fn restart(&self) {
+        let mut c = as_postgres(&self.bindir.join("pg_ctl"));
+        c.args(["restart", "-w", "-t", "60", "-m", "fast", "-D"]).arg(&self.datadir);
+        c.arg("-l").arg(self.datadir.join("server.log"));
+        c.env("RUST_BACKTRACE", "1");
+        let out = c.output().expect("pg_ctl restart");
+        if !out.status.success() {
+            panic!("pg_ctl restart failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), self.server_log());
+        }
+    }
+
     /// Replace the secrets file (as the server's OS user would), then reload.
     pub fn write_secrets(&self, content: &str) {
         let p = self.datadir.join("tenant_guard_secrets.conf");

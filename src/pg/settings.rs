@@ -39,6 +39,15 @@ pub static JWT_ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString
 pub static REQUIRE_PROTECTION: GucSetting<RequireProtection> =
     GucSetting::<RequireProtection>::new(RequireProtection::Warn);
 
+/// security_audit()'s thresholds, in days (read by its SQL through
+/// current_setting(); defined here so a typo or a bad value is refused).
+pub static AUDIT_THRESHOLDS: [(&CStr, &CStr, GucSetting<i32>); 4] = [
+    (c"tenant_guard.audit_key_idle_days", c"security_audit(): an active API key unused for this many days is reported.", GucSetting::<i32>::new(90)),
+    (c"tenant_guard.audit_key_max_age_days", c"security_audit(): an active API key older than this many days is reported (rotate it).", GucSetting::<i32>::new(365)),
+    (c"tenant_guard.audit_purge_days", c"security_audit(): a request log with entries older than this many days and no purge for as long is reported.", GucSetting::<i32>::new(30)),
+    (c"tenant_guard.audit_webhook_failing_days", c"security_audit(): an active webhook endpoint with no successful delivery for this many days, while deliveries fail, is reported.", GucSetting::<i32>::new(3)),
+];
+
 /// Bumped whenever a key-bearing setting changes (SET, RESET, reload,
 /// transaction rollback), so cached keys are re-derived on next use.
 static KEY_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -192,6 +201,9 @@ pub fn init() {
             GucContext::Suset,
             GucFlags::empty(),
         );
+        for (name, short, setting) in &AUDIT_THRESHOLDS {
+            GucRegistry::define_int_guc(name, short, c"", setting, 1, 36500, GucContext::Suset, GucFlags::empty());
+        }
         pg_sys::MarkGUCPrefixReserved(c"tenant_guard".as_ptr());
     }
 }

@@ -20,6 +20,18 @@ CREATE POLICY tenant_guard_select ON tenant_guard.request_log
     FOR SELECT USING (org_id = tenant_guard.current_org_id_if('admin'));
 CREATE POLICY tenant_guard_service_read ON tenant_guard.request_log FOR SELECT TO tenant_guard_service USING (true);
 
+-- When each maintenance task last ran (security_audit() reports a request
+-- log that has not been purged for long).
+CREATE TABLE tenant_guard.maintenance_runs (
+    task text PRIMARY KEY,
+    last_run_at timestamptz NOT NULL,
+    last_count bigint NOT NULL
+);
+ALTER TABLE tenant_guard.maintenance_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_guard.maintenance_runs FORCE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('tenant_guard.maintenance_runs', '');
+REVOKE ALL ON tenant_guard.maintenance_runs FROM PUBLIC;
+
 CREATE FUNCTION tenant_guard.purge_request_log(older_than interval)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -33,6 +45,9 @@ BEGIN
     END IF;
     DELETE FROM tenant_guard.request_log WHERE at < now() - older_than;
     GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO tenant_guard.maintenance_runs AS m (task, last_run_at, last_count)
+    VALUES ('purge_request_log', now(), n)
+    ON CONFLICT (task) DO UPDATE SET last_run_at = excluded.last_run_at, last_count = excluded.last_count;
     RETURN n;
 END
 $$;
