@@ -296,6 +296,15 @@ fn policies_that_let_other_orgs_through() {
     let f = expect(&mut dba, "multiple_permissive_policies", "table public.p4 for SELECT", "warn");
     assert!(f.detail.contains("a, b"), "{f:?}");
     exec(&mut dba, "DROP POLICY b ON p4");
+    // A name with a line break cannot end a remedy's comment and inject a statement.
+    exec(
+        &mut dba,
+        &(table("p6")
+            + "CREATE POLICY \"x\nDROP TABLE p4; --\" ON p6 FOR SELECT USING (org_id = tenant_guard.current_org_id());
+               CREATE POLICY y ON p6 FOR SELECT USING (org_id = tenant_guard.current_org_id())"),
+    );
+    let f = expect(&mut dba, "multiple_permissive_policies", "table public.p6 for SELECT", "warn");
+    assert!(f.remedy.as_deref().unwrap().lines().all(|l| l.starts_with("--")), "{f:?}");
     assert!(find(&mut dba, "multiple_permissive_policies", "table public.p4 for SELECT").is_none());
 
     // A table without an org column: an always-true policy is a warning.

@@ -133,7 +133,7 @@ AS $$
     SELECT 'rls_enabled_no_policy', 'info', ARRAY['SECURITY'], 'table ' || r.name,
            format('%s has row-level security and no policy: no role but its owner and superusers sees a row.', r.name),
            CASE WHEN r.org THEN format('SELECT tenant_guard.protect(%L);', r.name)
-                ELSE format('-- add a policy: CREATE POLICY ... ON %s USING (...);', r.name) END
+                ELSE format('-- add a policy: CREATE POLICY ... ON %s USING (...);', translate(r.name, E'\n\r', '  ')) END
       FROM r WHERE r.kind IN ('r', 'p') AND r.rls AND r.policies = 0 AND NOT r.tg_member
     UNION ALL
     SELECT 'policies_rls_disabled', 'error', ARRAY['SECURITY'], 'table ' || r.name,
@@ -154,7 +154,7 @@ AS $$
                   CASE r.kind WHEN 'm' THEN 'materialized view' ELSE 'foreign table' END, r.exposed,
                   CASE WHEN r.org THEN ': every org''s rows' ELSE '' END),
            coalesce(format('REVOKE ALL ON %s FROM %s;', r.name, tenant_guard._audit_revoke_from(r.oid)),
-                    format('-- revoke from the role that gives %s access to %s', r.exposed, r.name))
+                    format('-- revoke from the role that gives %s access to %s', r.exposed, translate(r.name, E'\n\r', '  ')))
       FROM r WHERE r.kind IN ('m', 'f') AND r.exposed IS NOT NULL
     UNION ALL
     SELECT 'view_bypasses_rls', CASE WHEN r.exposed IS NULL THEN 'warn' ELSE 'error' END, ARRAY['SECURITY'],
@@ -248,7 +248,8 @@ AS $$
            format('table %s for %s', m.tbl, m.command),
            format('%s has %s permissive policies for %s (%s) that apply to %s: each is evaluated for every row, and any one of them admits a row.',
                   m.tbl, m.n, m.command, m.names, m.who),
-           format('-- merge %s on %s into one policy (OR their conditions), then drop the others', m.names, m.tbl)
+           -- (a name may hold a line break: never let one end a comment line)
+           format('-- merge %s on %s into one policy (OR their conditions), then drop the others', translate(m.names, E'\n\r', '  '), translate(m.tbl, E'\n\r', '  '))
       FROM (
           SELECT pc.tbl, CASE pc.cmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' ELSE 'DELETE' END AS command,
                  u.rolname AS who, count(*) AS n, string_agg(quote_ident(pc.polname), ', ' ORDER BY pc.polname) AS names,
