@@ -28,6 +28,8 @@ pub enum Purpose {
     Secrets,
     /// HMAC-SHA256 key that signs request-context tokens.
     Context,
+    /// HMAC-SHA256 key that seals the audit trail's chain (audit_chain.rs).
+    Audit,
 }
 
 impl Purpose {
@@ -35,6 +37,7 @@ impl Purpose {
         match self {
             Purpose::Secrets => b"tenant_guard/v1/secrets",
             Purpose::Context => b"tenant_guard/v1/context",
+            Purpose::Audit => b"tenant_guard/v1/audit",
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct KeySet {
     key_id: u32,
     secrets: Zeroizing<[u8; 32]>,
     context: Zeroizing<[u8; 32]>,
+    audit: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for KeySet {
@@ -85,7 +89,9 @@ impl KeySet {
         hk.expand(Purpose::Secrets.label(), secrets.as_mut()).expect("32 bytes is a valid HKDF length");
         let mut context = Zeroizing::new([0u8; 32]);
         hk.expand(Purpose::Context.label(), context.as_mut()).expect("32 bytes is a valid HKDF length");
-        Ok(KeySet { key_id: u32::from_be_bytes(id), secrets, context })
+        let mut audit = Zeroizing::new([0u8; 32]);
+        hk.expand(Purpose::Audit.label(), audit.as_mut()).expect("32 bytes is a valid HKDF length");
+        Ok(KeySet { key_id: u32::from_be_bytes(id), secrets, context, audit })
     }
 
     /// A public fingerprint of the passphrase, stored in envelopes so that
@@ -98,6 +104,7 @@ impl KeySet {
         match purpose {
             Purpose::Secrets => &self.secrets,
             Purpose::Context => &self.context,
+            Purpose::Audit => &self.audit,
         }
     }
 }
@@ -133,6 +140,8 @@ mod tests {
         assert_eq!(a.key_id(), b.key_id());
         assert_eq!(a.subkey(Purpose::Secrets), b.subkey(Purpose::Secrets));
         assert_ne!(a.subkey(Purpose::Secrets), a.subkey(Purpose::Context));
+        assert_ne!(a.subkey(Purpose::Audit), a.subkey(Purpose::Context));
+        assert_ne!(a.subkey(Purpose::Audit), a.subkey(Purpose::Secrets));
         let c = KeySet::derive(b"another passphrase, also long enough!!").unwrap();
         assert_ne!(a.key_id(), c.key_id());
         assert_ne!(a.subkey(Purpose::Secrets), c.subkey(Purpose::Secrets));

@@ -4,6 +4,8 @@
 
 /// The `tgk_` API-key format: generation, checksum, hash, display prefix.
 pub mod api_key_format;
+/// The audit trail's hash chain and its verification.
+pub mod audit_chain;
 /// The signed request context token (`v1.<claims>.<mac>`).
 pub mod context_token;
 /// How user input may appear in an error or notice.
