@@ -7,12 +7,14 @@
 //! - `index_lookup`: one row of a tenant_guard table through its unique
 //!   index, as committed now;
 //! - `errors`: raising an error with a SQLSTATE;
-//! - `clock`: the one clock.
+//! - `clock`: the one clock;
+//! - `shmem`: large shared-memory arrays, zeroed in place.
 
 pub mod clock;
 pub mod errors;
 pub mod index_lookup;
 pub mod settings;
+pub mod shmem;
 
 use pgrx::pg_sys;
 

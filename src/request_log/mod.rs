@@ -1,8 +1,15 @@
-//! The request log: authenticate() queues each outcome in shared memory, and
-//! a background worker per database writes the queue to
-//! `tenant_guard.request_log` in its own transactions, so a failed attempt is
-//! recorded even when the caller's transaction rolls back. The same worker
-//! records `api_keys.last_used_at`, so authenticate() itself never writes.
+//! The log queue and its writer: authenticate() queues each outcome in
+//! shared memory, and so does the audit trail (audit_trail/) each security
+//! event; a background worker per database writes the queue to
+//! `tenant_guard.request_log` and `tenant_guard.audit_log` in its own
+//! transactions, so what was queued is recorded even when the caller's
+//! transaction rolls back. The same worker records `api_keys.last_used_at`,
+//! so authenticate() itself never writes.
+//!
+//! The queue is shared by every database and both logs. Request-log entries
+//! may take at most three quarters of it, so audit entries always find room
+//! (some are queued at commit, where nothing may wait); failures of either
+//! kind (anyone can cause those by the million) at most half.
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -64,10 +71,17 @@ impl Outcome {
     }
 }
 
+/// What an entry is.
+pub const KIND_REQUEST: u8 = 0;
+pub const KIND_AUDIT: u8 = 1;
+
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct Entry {
     used: bool,
+    kind: u8,
+    /// An audit entry that is not `allowed`, or a request that is not `ok`.
+    failure: bool,
     outcome: u8,
     has_org: bool,
     has_key: bool,
@@ -80,10 +94,14 @@ pub struct Entry {
     key: [u8; 16],
     action: [u8; ACTION_MAX],
     addr: [u8; ADDR_MAX],
+    /// The audit trail's fields (audit entries only).
+    pub(crate) audit: crate::audit_trail::Fields,
 }
 
 const EMPTY: Entry = Entry {
     used: false,
+    kind: KIND_REQUEST,
+    failure: false,
     outcome: 0,
     has_org: false,
     has_key: false,
@@ -96,6 +114,7 @@ const EMPTY: Entry = Entry {
     key: [0; 16],
     action: [0; ACTION_MAX],
     addr: [0; ADDR_MAX],
+    audit: crate::audit_trail::Fields::EMPTY,
 };
 
 #[derive(Copy, Clone)]
@@ -114,15 +133,24 @@ pub struct Worker {
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct LogState {
-    entries: [Entry; QUEUE],
     workers: [Worker; WORKERS],
     next_seq: u64,
     dropped: u64,
     cursor: usize,
-    /// Queued failure entries (anything but `ok`).
+    /// Queued failure entries (a request that is not `ok`, an audit entry
+    /// that is not `allowed`).
     failures: usize,
+    /// Queued request-log entries.
+    requests: usize,
     /// Entries in use.
     queued: usize,
+    /// Audit entries lost (queue full at commit, or a writer that failed),
+    /// per database, not yet recorded in that database's trail.
+    audit_lost: [(u32, u64); WORKERS],
+    /// Audit entries lost since the server started, all databases.
+    audit_dropped: u64,
+    /// Where each database's audit chain ends, as its writer last committed it.
+    heads: [crate::audit_trail::Head; WORKERS],
 }
 
 // SAFETY: plain repr(C) data; latches are kept as addresses (usize), only
@@ -132,13 +160,16 @@ unsafe impl PGRXSharedMemory for LogState {}
 impl LogState {
     const fn new() -> LogState {
         LogState {
-            entries: [EMPTY; QUEUE],
             workers: [Worker { db: 0, state: 0, heartbeat: 0, latch: 0, pid: 0 }; WORKERS],
             next_seq: 1,
             dropped: 0,
             cursor: 0,
             failures: 0,
+            requests: 0,
             queued: 0,
+            audit_lost: [(0, 0); WORKERS],
+            audit_dropped: 0,
+            heads: [crate::audit_trail::Head::EMPTY; WORKERS],
         }
     }
 }
@@ -146,8 +177,24 @@ impl LogState {
 // SAFETY: a unique name, initialized once by init() in the postmaster.
 static LOG: PgLwLock<LogState> = unsafe { PgLwLock::new(c"tenant_guard_request_log") };
 
+/// The queue's entries: megabytes, so zeroed in place in shared memory
+/// (an all-zero entry is an empty one); only ever touched under LOG's lock.
+static ENTRIES: crate::pg::shmem::Region =
+    crate::pg::shmem::Region::new(c"tenant_guard_log_queue", std::mem::size_of::<[Entry; QUEUE]>());
+
 pub fn init() {
     pgrx::pg_shmem_init!(LOG = LogState::new());
+    static REGIONS: [&crate::pg::shmem::Region; 1] = [&ENTRIES];
+    crate::pg::shmem::register(&REGIONS);
+}
+
+/// The state and the entries, while LOG is held exclusively.
+fn split<'a>(s: &'a mut pgrx::PgLwLockExclusiveGuard<'_, LogState>) -> (&'a mut LogState, &'a mut [Entry]) {
+    // SAFETY: ENTRIES holds QUEUE entries (valid when zeroed), attached at
+    // startup; the exclusive guard borrowed for 'a proves LOG is held, and
+    // LOG guards the entries: nobody else touches them meanwhile.
+    let entries = unsafe { std::slice::from_raw_parts_mut(ENTRIES.ptr().cast::<Entry>(), QUEUE) };
+    (&mut **s, entries)
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -169,92 +216,158 @@ pub fn record(
     if crate::pg::in_recovery() {
         return;
     }
-    let db = crate::pg::database_id();
-    let now = crate::pg::clock::now_us();
     let action = truncate(action.unwrap_or(""), ACTION_MAX);
     let addr = truncate(addr.unwrap_or(""), ADDR_MAX);
+    let mut e = EMPTY;
+    e.outcome = outcome as u8;
+    e.failure = outcome != Outcome::Ok;
+    if let Some(o) = org {
+        e.has_org = true;
+        e.org = o;
+    }
+    if let Some(k) = key {
+        e.has_key = true;
+        e.key = k;
+    }
+    e.action[..action.len()].copy_from_slice(action.as_bytes());
+    e.action_len = action.len() as u8;
+    e.addr[..addr.len()].copy_from_slice(addr.as_bytes());
+    e.addr_len = addr.len() as u8;
+    enqueue(e, true);
+}
+
+/// An empty audit entry of this database, stamped now, with its action
+/// (the audit trail fills in the rest and calls [`enqueue`]).
+pub(crate) fn audit_entry(action: &str, failure: bool) -> Entry {
+    let mut e = EMPTY;
+    e.kind = KIND_AUDIT;
+    e.failure = failure;
+    e.db = crate::pg::database_id();
+    e.at = crate::pg::clock::now_us();
+    let action = truncate(action, ACTION_MAX);
+    e.action[..action.len()].copy_from_slice(action.as_bytes());
+    e.action_len = action.len() as u8;
+    e
+}
+
+impl Entry {
+    pub(crate) fn set_org(&mut self, org: Option<[u8; 16]>) {
+        self.has_org = org.is_some();
+        self.org = org.unwrap_or_default();
+    }
+    pub(crate) fn set_key(&mut self, key: Option<[u8; 16]>) {
+        self.has_key = key.is_some();
+        self.key = key.unwrap_or_default();
+    }
+    pub(crate) fn set_outcome(&mut self, outcome: u8, failure: bool) {
+        self.outcome = outcome;
+        self.failure = failure;
+    }
+    pub(crate) fn org(&self) -> Option<[u8; 16]> {
+        self.has_org.then_some(self.org)
+    }
+    pub(crate) fn key(&self) -> Option<[u8; 16]> {
+        self.has_key.then_some(self.key)
+    }
+    pub(crate) fn outcome(&self) -> u8 {
+        self.outcome
+    }
+    pub(crate) fn at(&self) -> i64 {
+        self.at
+    }
+    pub(crate) fn action(&self) -> &str {
+        std::str::from_utf8(&self.action[..self.action_len as usize]).unwrap_or("")
+    }
+}
+
+/// The room an entry of this class may take: failures at most half the
+/// queue, request-log entries at most three quarters (the rest is kept for
+/// audit entries, some of which are queued at commit and cannot wait).
+fn full(s: &LogState, e: &Entry) -> bool {
+    (e.failure && s.failures >= QUEUE / 2)
+        || (e.kind == KIND_REQUEST && s.requests >= QUEUE / 4 * 3)
+        || s.queued >= QUEUE
+}
+
+/// Queue `e` for its database's writer (started when none runs). When the
+/// queue has no room for it: with `wait`, wait up to MAX_WAIT_US for the
+/// writer to make room (back-pressure) when that can help; then, or at
+/// once without `wait`, drop it and count it. Returns whether it was queued.
+/// Without `wait` it never raises, sleeps or checks for interrupts (commit
+/// and abort callbacks use it).
+pub(crate) fn enqueue(mut e: Entry, wait: bool) -> bool {
+    let db = crate::pg::database_id();
+    let now = crate::pg::clock::now_us();
+    e.db = db;
+    if e.at == 0 {
+        e.at = now;
+    }
     let deadline = now + MAX_WAIT_US;
-    // Failures (anyone can make those by the million: garbage keys, or one's
-    // own revoked or throttled key) may fill at most half the queue, so they
-    // cannot crowd out successful requests.
-    let failure = outcome != Outcome::Ok;
     // Whether waiting can help, re-judged every 10 ms of waiting.
     let mut may_wait: Option<(bool, i64)> = None;
-    let (launch, wake) = loop {
-        let mut s = LOG.exclusive();
-        let full = if failure { s.failures >= QUEUE / 2 } else { s.queued >= QUEUE };
+    let (launch, wake, queued) = loop {
+        let mut guard = LOG.exclusive();
+        let (s, entries) = split(&mut guard);
         let start = s.cursor;
-        let slot = if full { None } else { (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !s.entries[i].used) };
+        let slot = if full(s, &e) { None } else { (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !entries[i].used) };
         let Some(i) = slot else {
             // Full: wait for our writer to make room rather than lose the
             // entry, if that can help (see worth_waiting); otherwise, or after
             // MAX_WAIT_US, drop it and count it.
             let t = crate::pg::clock::now_us();
-            let wait = match may_wait {
-                Some((w, at)) if t - at < 10_000 => w,
-                _ => {
-                    let w = worth_waiting(&s.workers, &s.entries, db, t, failure);
-                    may_wait = Some((w, t));
-                    w
-                }
-            };
-            match live_writer(&s, db, t) {
-                Some(w) if wait && t < deadline => {
+            let worth = wait
+                && match may_wait {
+                    Some((w, at)) if t - at < 10_000 => w,
+                    _ => {
+                        let w = worth_waiting(&s.workers, entries, db, t, &e);
+                        may_wait = Some((w, t));
+                        w
+                    }
+                };
+            match live_writer(s, db, t) {
+                Some(w) if worth && t < deadline => {
                     let latch = w.latch;
-                    drop(s);
+                    drop(guard);
                     // SAFETY: `latch` is a live writer's process latch in
                     // shared memory (a stale one at worst wakes another
                     // process once); pg_usleep and InterruptPending are plain.
-                    unsafe {
+                    let interrupted = unsafe {
                         pg_sys::SetLatch(latch as *mut pg_sys::Latch);
                         pg_sys::pg_usleep(200);
-                        if pg_sys::InterruptPending != 0 {
-                            // A cancel (or termination) ends the wait: count the entry.
-                            LOG.exclusive().dropped += 1;
-                        }
+                        pg_sys::InterruptPending != 0
+                    };
+                    if interrupted {
+                        // A cancel (or termination) ends the wait: count the entry.
+                        count_drop(&mut LOG.exclusive(), &e);
                     }
                     pg_sys::check_for_interrupts!();
                     continue;
                 }
                 _ => {
-                    s.dropped += 1;
-                    break (claim_worker(&mut s, db, now), None);
+                    count_drop(s, &e);
+                    break (claim_worker(s, db, now), None, false);
                 }
             }
         };
-        if failure {
+        if e.failure {
             s.failures += 1;
         }
-        let seq = s.next_seq;
+        if e.kind == KIND_REQUEST {
+            s.requests += 1;
+        }
+        e.seq = s.next_seq;
         s.next_seq += 1;
         s.cursor = (i + 1) % QUEUE;
         s.queued += 1;
-        let e = &mut s.entries[i];
-        *e = EMPTY;
         e.used = true;
-        e.outcome = outcome as u8;
-        e.db = db;
-        e.seq = seq;
-        e.at = now;
-        if let Some(o) = org {
-            e.has_org = true;
-            e.org = o;
-        }
-        if let Some(k) = key {
-            e.has_key = true;
-            e.key = k;
-        }
-        e.action[..action.len()].copy_from_slice(action.as_bytes());
-        e.action_len = action.len() as u8;
-        e.addr[..addr.len()].copy_from_slice(addr.as_bytes());
-        e.addr_len = addr.len() as u8;
-        let launch = claim_worker(&mut s, db, now);
+        entries[i] = e;
+        let launch = claim_worker(s, db, now);
         let wake = if s.queued >= WAKE_AT {
             s.workers.iter().find(|w| w.db == db && w.state == 2 && w.latch != 0).map(|w| w.latch)
         } else {
             None
         };
-        break (launch, wake);
+        break (launch, wake, true);
     };
     if let Some(latch) = wake {
         // At worst a stale pointer wakes some other process once: harmless.
@@ -262,8 +375,8 @@ pub fn record(
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
     if let Some(idx) = launch {
-        let started = BackgroundWorkerBuilder::new("tenant_guard request log writer")
-            .set_type("tenant_guard request log")
+        let started = BackgroundWorkerBuilder::new("tenant_guard log writer")
+            .set_type("tenant_guard log writer")
             .set_library("tenant_guard")
             .set_function("tenant_guard_request_log_main")
             .set_argument(Some(pg_sys::Datum::from(((idx as u64) << 32) | db as u64)))
@@ -274,10 +387,32 @@ pub fn record(
             .is_ok();
         if !started {
             LOG.exclusive().workers[idx].state = 0;
-            pgrx::warning!(
-                "tenant_guard: could not start the request-log writer (max_worker_processes?); entries stay queued"
-            );
+            pgrx::warning!("tenant_guard: could not start the log writer (max_worker_processes?); entries stay queued");
         }
+    }
+    queued
+}
+
+/// Count one entry that could not be queued (or was lost): request-log
+/// entries in `dropped`; audit entries in `dropped`, in `audit_dropped`,
+/// and per database, for the trail to record that it has a gap.
+fn count_drop(s: &mut LogState, e: &Entry) {
+    s.dropped += 1;
+    if e.kind == KIND_AUDIT {
+        lose_audit(s, e.db, 1);
+    }
+}
+
+fn lose_audit(s: &mut LogState, db: u32, n: u64) {
+    s.audit_dropped += n;
+    let slot = s
+        .audit_lost
+        .iter()
+        .position(|(d, _)| *d == db)
+        .or_else(|| s.audit_lost.iter().position(|(d, n)| *d == 0 || *n == 0));
+    if let Some(i) = slot {
+        s.audit_lost[i].0 = db;
+        s.audit_lost[i].1 += n;
     }
 }
 
@@ -288,23 +423,32 @@ fn live_writer(s: &LogState, db: u32, now: i64) -> Option<&Worker> {
 /// A writer that took a batch within this long is draining the queue.
 const DRAINING_US: i64 = 1_000_000;
 
-/// With the queue (or its failure half) full: will waiting for our
-/// database's writer make room? Only if it is running, and if at most half of
-/// what fills the queue belongs to other databases whose writers are not
-/// draining it (none could start: all 16 slots taken; or it is stalled or
-/// failing): the queue is shared, and waiting on entries that do not drain
-/// would only delay every caller by MAX_WAIT_US before dropping anyway.
-fn worth_waiting(workers: &[Worker], entries: &[Entry], db: u32, now: i64, failure: bool) -> bool {
+/// With no room for `e`: will waiting for our database's writer make room?
+/// Only if it is running, and if at most half of what fills the room `e`
+/// needs (failures, request-log entries, or the whole queue) belongs to
+/// other databases whose writers are not draining it (none could start: all
+/// 16 slots taken; or it is stalled or failing): the queue is shared, and
+/// waiting on entries that do not drain would only delay every caller by
+/// MAX_WAIT_US before dropping anyway.
+fn worth_waiting(workers: &[Worker], entries: &[Entry], db: u32, now: i64, e: &Entry) -> bool {
     let ours_live = workers.iter().any(|w| w.db == db && w.state == 2 && w.latch != 0 && now - w.heartbeat < STALE_US);
     if !ours_live {
         return false;
     }
     let draining =
         |d: u32| d == db || workers.iter().any(|w| w.db == d && w.state == 2 && now - w.heartbeat < DRAINING_US);
-    let counted = |e: &&Entry| e.used && (!failure || e.outcome != Outcome::Ok as u8);
-    let stuck = entries.iter().filter(counted).filter(|e| !draining(e.db)).count();
-    let limit = if failure { QUEUE / 2 } else { QUEUE };
-    stuck <= limit / 2
+    let stuck =
+        |class: &dyn Fn(&Entry) -> bool| entries.iter().filter(|x| x.used && class(x) && !draining(x.db)).count();
+    // Each room `e` needs (the whole queue; the failures' half; the request
+    // log's three quarters) must be at most half held by stuck entries.
+    let mut worth = stuck(&|_| true) <= QUEUE / 2;
+    if e.failure {
+        worth &= stuck(&|x| x.failure) <= QUEUE / 4;
+    }
+    if e.kind == KIND_REQUEST {
+        worth &= stuck(&|x| x.kind == KIND_REQUEST) <= QUEUE / 4 * 3 / 2;
+    }
+    worth
 }
 
 /// Under the lock: is a live writer responsible for `db`? If not, reserve a
@@ -336,26 +480,41 @@ struct Row {
     addr: Option<String>,
 }
 
-fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
-    let mut s = LOG.exclusive();
+/// What a writer takes from the queue in one go.
+struct Batch {
+    requests: Vec<Row>,
+    audit: Vec<Entry>,
+    /// Audit entries of this database lost since its trail last recorded a loss.
+    audit_lost: u64,
+}
+
+fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Batch, bool) {
+    let mut guard = LOG.exclusive();
+    let (s, entries) = split(&mut guard);
     let now = crate::pg::clock::now_us();
     let me = crate::pg::pid();
+    let mut b = Batch { requests: Vec::new(), audit: Vec::new(), audit_lost: 0 };
     let w = &mut s.workers[slot];
     // Our slot, unless we were stalled long enough for it to be handed on.
     let ours = w.db == db && (w.pid == me || (w.pid == 0 && w.state == 1));
     if !ours {
-        return (Vec::new(), true);
+        return (b, true);
     }
     w.pid = me;
     s.workers[slot].heartbeat = now;
     s.workers[slot].state = 2;
     // SAFETY: a plain global: this process's latch, in shared memory.
     s.workers[slot].latch = unsafe { pg_sys::MyLatch } as usize;
-    let mut rows = Vec::new();
-    let mut freed_failures = 0;
-    for e in s.entries.iter_mut().filter(|e| e.used && e.db == db) {
-        freed_failures += (e.outcome != Outcome::Ok as u8) as usize;
-        rows.push(Row {
+    let (mut freed_failures, mut freed_requests) = (0, 0);
+    for e in entries.iter_mut().filter(|e| e.used && e.db == db) {
+        freed_failures += e.failure as usize;
+        e.used = false;
+        if e.kind == KIND_AUDIT {
+            b.audit.push(*e);
+            continue;
+        }
+        freed_requests += 1;
+        b.requests.push(Row {
             seq: e.seq,
             at: e.at,
             outcome: Outcome::from_u8(e.outcome),
@@ -365,19 +524,51 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Vec<Row>, bool) {
                 .then(|| String::from_utf8_lossy(&e.action[..e.action_len as usize]).into_owned()),
             addr: (e.addr_len > 0).then(|| String::from_utf8_lossy(&e.addr[..e.addr_len as usize]).into_owned()),
         });
-        e.used = false;
     }
     s.failures = s.failures.saturating_sub(freed_failures);
-    s.queued -= rows.len();
+    s.requests = s.requests.saturating_sub(freed_requests);
+    s.queued -= b.requests.len() + b.audit.len();
+    if let Some(l) = s.audit_lost.iter_mut().find(|(d, n)| *d == db && *n > 0) {
+        b.audit_lost = std::mem::take(&mut l.1);
+    }
     // Exit decision taken under the same lock enqueuers use, so nothing is stranded.
-    let exit = rows.is_empty() && now - idle_since > IDLE_EXIT_US;
+    let exit = b.requests.is_empty() && b.audit.is_empty() && b.audit_lost == 0 && now - idle_since > IDLE_EXIT_US;
     if exit {
         s.workers[slot].state = 0;
         s.workers[slot].latch = 0;
         s.workers[slot].pid = 0;
     }
-    rows.sort_by_key(|r| r.seq);
-    (rows, exit)
+    b.requests.sort_by_key(|r| r.seq);
+    b.audit.sort_by_key(|e| e.seq);
+    (b, exit)
+}
+
+/// Under the queue's lock: run `f` on the audit chain head kept for `db`
+/// (an empty one is claimed when there is none; with all taken, the least
+/// recently used is recycled: its writer then reads its head from the table).
+pub(crate) fn with_head<R>(db: u32, f: impl FnOnce(&mut crate::audit_trail::Head) -> R) -> R {
+    let mut s = LOG.exclusive();
+    let i = s.heads.iter().position(|h| h.db == db).unwrap_or_else(|| {
+        (0..WORKERS).min_by_key(|&i| (s.heads[i].db != 0, s.heads[i].used_at)).expect("WORKERS > 0")
+    });
+    if s.heads[i].db != db {
+        s.heads[i] = crate::audit_trail::Head { db, ..crate::audit_trail::Head::EMPTY };
+    }
+    s.heads[i].used_at = crate::pg::clock::now_us();
+    f(&mut s.heads[i])
+}
+
+/// Audit entries lost since the server started (all databases), and those
+/// not yet recorded in their database's trail.
+pub(crate) fn audit_losses() -> (u64, u64) {
+    let s = LOG.share();
+    (s.audit_dropped, s.audit_lost.iter().map(|(_, n)| n).sum())
+}
+
+/// Entries queued now (audit entries among them).
+pub(crate) fn queued() -> (usize, usize) {
+    let s = LOG.share();
+    (s.queued, s.queued - s.requests)
 }
 
 const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
@@ -497,8 +688,9 @@ fn pin_session_settings() {
 }
 
 thread_local! {
-    /// Entries taken from the queue and not yet committed to the table.
-    static IN_FLIGHT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Entries taken from the queue and not yet committed to their table:
+    /// (request-log entries, audit entries).
+    static IN_FLIGHT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 /// Runs however the writer exits (idle, SIGTERM, or an ERROR while writing,
@@ -509,9 +701,12 @@ thread_local! {
 unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     let arg = arg.value() as u64;
     let (slot, db) = ((arg >> 32) as usize, arg as u32);
-    let lost = IN_FLIGHT.with(|c| c.replace(0));
+    let (requests, audit) = IN_FLIGHT.with(|c| c.replace((0, 0)));
     let mut s = LOG.exclusive();
-    s.dropped += lost;
+    s.dropped += requests + audit;
+    if audit > 0 {
+        lose_audit(&mut s, db, audit);
+    }
     let w = &mut s.workers[slot];
     if w.db == db && w.pid == pg_sys::MyProcPid {
         *w = Worker { db: 0, state: 0, heartbeat: 0, latch: 0, pid: 0 };
@@ -541,11 +736,26 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
     BackgroundWorker::transaction(pin_session_settings);
     let mut idle_since = crate::pg::clock::now_us();
     loop {
-        let (rows, exit) = take_batch(slot, db.to_u32(), idle_since);
-        if !rows.is_empty() {
-            IN_FLIGHT.with(|c| c.set(rows.len() as u64));
-            BackgroundWorker::transaction(|| write_batch(&rows));
-            IN_FLIGHT.with(|c| c.set(0));
+        if BackgroundWorker::sighup_received() {
+            // A rotated passphrase reaches the writer too.
+            // SAFETY: reloads the configuration files, as any backend does on SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let (b, exit) = take_batch(slot, db.to_u32(), idle_since);
+        // The trail first, in its own transaction: a request log that cannot
+        // be written (or the other way round) loses nothing of the other.
+        if !b.audit.is_empty() || b.audit_lost > 0 {
+            IN_FLIGHT.with(|c| c.set((b.requests.len() as u64, b.audit.len() as u64)));
+            let head = BackgroundWorker::transaction(|| crate::audit_trail::write_batch(&b.audit, b.audit_lost));
+            crate::audit_trail::committed(db.to_u32(), head);
+            IN_FLIGHT.with(|c| c.set((b.requests.len() as u64, 0)));
+        }
+        if !b.requests.is_empty() {
+            IN_FLIGHT.with(|c| c.set((b.requests.len() as u64, 0)));
+            BackgroundWorker::transaction(|| write_batch(&b.requests));
+        }
+        IN_FLIGHT.with(|c| c.set((0, 0)));
+        if !b.requests.is_empty() || !b.audit.is_empty() {
             idle_since = crate::pg::clock::now_us();
         }
         if exit || !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
@@ -562,12 +772,17 @@ mod tests {
         Worker { db, state: 2, heartbeat, latch: 1, pid: 1 }
     }
 
+    /// A request-log entry waiting for room (a failure or not).
+    fn probe(failure: bool) -> Entry {
+        Entry { failure, ..EMPTY }
+    }
+
     fn queue(fill: &[(u32, usize, Outcome)]) -> Vec<Entry> {
         let mut q = vec![EMPTY; QUEUE];
         let mut i = 0;
         for &(db, n, outcome) in fill {
             for _ in 0..n {
-                q[i] = Entry { used: true, db, outcome: outcome as u8, ..EMPTY };
+                q[i] = Entry { used: true, db, outcome: outcome as u8, failure: outcome != Outcome::Ok, ..EMPTY };
                 i += 1;
             }
         }
@@ -580,24 +795,24 @@ mod tests {
         let none = [Worker { db: 0, state: 0, heartbeat: 0, latch: 0, pid: 0 }; 2];
         let full_of_ours = queue(&[(1, QUEUE, Outcome::Ok)]);
         // Our writer runs: wait. No writer of ours (or a stale one): don't.
-        assert!(worth_waiting(&[writer(1, now - 50_000), none[0]], &full_of_ours, 1, now, false));
-        assert!(!worth_waiting(&none, &full_of_ours, 1, now, false));
-        assert!(!worth_waiting(&[writer(1, now - STALE_US - 1), none[0]], &full_of_ours, 1, now, false));
+        assert!(worth_waiting(&[writer(1, now - 50_000), none[0]], &full_of_ours, 1, now, &probe(false)));
+        assert!(!worth_waiting(&none, &full_of_ours, 1, now, &probe(false)));
+        assert!(!worth_waiting(&[writer(1, now - STALE_US - 1), none[0]], &full_of_ours, 1, now, &probe(false)));
         // Our writer may be stalled (it is ours to wait for, up to MAX_WAIT_US).
-        assert!(worth_waiting(&[writer(1, now - 3_000_000), none[0]], &full_of_ours, 1, now, false));
+        assert!(worth_waiting(&[writer(1, now - 3_000_000), none[0]], &full_of_ours, 1, now, &probe(false)));
         // Three busy databases whose writers all drain: wait.
         let shared = queue(&[(1, 1366, Outcome::Ok), (2, 1365, Outcome::Ok), (3, 1365, Outcome::Ok)]);
         let all = [writer(1, now), writer(2, now - 10_000), writer(3, now - 900_000)];
-        assert!(worth_waiting(&all, &shared, 1, now, false));
+        assert!(worth_waiting(&all, &shared, 1, now, &probe(false)));
         // Database 2 has no writer and holds most of the queue: don't wait on it.
         let stuck = queue(&[(1, 1000, Outcome::Ok), (2, QUEUE - 1000, Outcome::Ok)]);
-        assert!(!worth_waiting(&[writer(1, now), none[0]], &stuck, 1, now, false));
+        assert!(!worth_waiting(&[writer(1, now), none[0]], &stuck, 1, now, &probe(false)));
         // ... nor when its writer has not taken a batch for over a second.
-        assert!(!worth_waiting(&[writer(1, now), writer(2, now - 2_000_000)], &stuck, 1, now, false));
-        assert!(worth_waiting(&[writer(1, now), writer(2, now - 20_000)], &stuck, 1, now, false));
+        assert!(!worth_waiting(&[writer(1, now), writer(2, now - 2_000_000)], &stuck, 1, now, &probe(false)));
+        assert!(worth_waiting(&[writer(1, now), writer(2, now - 20_000)], &stuck, 1, now, &probe(false)));
         // The failure half counts failure entries only.
         let failures = queue(&[(2, QUEUE / 2, Outcome::Invalid), (1, QUEUE / 2, Outcome::Ok)]);
-        assert!(!worth_waiting(&[writer(1, now), none[0]], &failures, 1, now, true));
-        assert!(worth_waiting(&[writer(1, now), writer(2, now)], &failures, 1, now, true));
+        assert!(!worth_waiting(&[writer(1, now), none[0]], &failures, 1, now, &probe(true)));
+        assert!(worth_waiting(&[writer(1, now), writer(2, now)], &failures, 1, now, &probe(true)));
     }
 }
