@@ -32,6 +32,23 @@ pub fn old() -> Vec<Rc<KeySet>> {
     v
 }
 
+/// The keys derived from `tenant_guard.passphrase`, or None when it is
+/// missing or too short (for the log writer, which must not fail on that).
+pub fn try_current() -> Option<Rc<KeySet>> {
+    let gen = settings::key_generation();
+    if let Some(k) = CURRENT.with(|c| c.borrow().as_ref().filter(|(g, _)| *g == gen).map(|(_, k)| k.clone())) {
+        return Some(k);
+    }
+    let k = Rc::new(settings::with_value(&settings::PASSPHRASE, |pass| KeySet::derive(pass.unwrap_or(b""))).ok()?);
+    CURRENT.with(|c| *c.borrow_mut() = Some((gen, k.clone())));
+    Some(k)
+}
+
+/// The configured key set (current or old) whose key id is `id`.
+pub fn by_id(id: u32) -> Option<Rc<KeySet>> {
+    try_current().filter(|k| k.key_id() == id).or_else(|| old().into_iter().find(|k| k.key_id() == id))
+}
+
 /// The keys derived from `tenant_guard.passphrase`; raises a clear error when
 /// it is missing or too short.
 pub fn current() -> Rc<KeySet> {

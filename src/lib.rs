@@ -7,8 +7,8 @@
 use pgrx::prelude::*;
 
 pub use tenant_guard_core::{
-    api_key_format, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, policy_shape, roles, url_policy,
-    webhook_signature,
+    api_key_format, audit_chain, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, policy_shape, roles,
+    url_policy, webhook_signature,
 };
 
 mod pg;
@@ -16,6 +16,7 @@ mod pg;
 mod keyring;
 
 mod api_keys;
+mod audit_trail;
 mod context;
 mod log_hook;
 mod organizations;
@@ -60,6 +61,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::settings::init();
     rate_limit::init();
     request_log::init();
+    audit_trail::init();
     protection::init();
     log_hook::init();
     context::init();

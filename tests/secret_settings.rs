@@ -210,9 +210,9 @@ fn plain_roles_can_execute_exactly_the_documented_functions() {
         )
         .unwrap()
         .get(0);
-    let expected = "_forbid_self_approval,_is_uuid_column,_org_column_check,_rate_limit,add_member,authenticate,authenticate_jwt,\
-clear_context,create_api_key,create_webhook_endpoint,current_api_key_id,current_org_id,current_org_id_if,current_scopes,\
-current_user_id,current_user_role,delete_secret,enqueue_webhook,forbid_self_approval,has_role,has_scope,hmac_sha256,\
+    let expected = "_forbid_self_approval,_is_uuid_column,_org_column_check,_rate_limit,_trail_protect,add_member,authenticate,\
+authenticate_jwt,clear_context,create_api_key,create_webhook_endpoint,current_api_key_id,current_org_id,current_org_id_if,\
+current_scopes,current_user_id,current_user_role,delete_secret,disable_webhook_endpoint,enqueue_webhook,forbid_self_approval,has_role,has_scope,hmac_sha256,\
 protect,put_secret,put_wordpress_credentials,rate_limit,remove_member,require_role,require_scope,revoke_api_key,\
 rotate_api_key,rotate_webhook_secret,set_member_role,unprotect,verify_github_signature,verify_slack_signature,\
 verify_stripe_signature,webhook_sign,webhook_verify";

@@ -39,6 +39,12 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no API key with that id in this organization' USING ERRCODE = '02000';
     END IF;
+EXCEPTION WHEN OTHERS THEN
+    -- A refusal is recorded in the audit trail at once (a revocation, by
+    -- the table's trigger at commit).
+    PERFORM tenant_guard._trail_note('revoke_api_key', tenant_guard.current_org_id(), 'api_key', revoke_api_key.key_id,
+                                     NULL, NULL, NULL, SQLSTATE);
+    RAISE;
 END
 $$;
 

@@ -272,22 +272,33 @@ fn create_api_key(
     expires_in: default!(Option<Interval>, "'90 days'"),
     rate_limit_per_minute: default!(Option<i32>, 600),
 ) -> TableIterator<'static, (name!(key_id, Uuid), name!(api_key, String))> {
-    let (Some(name), Some(role), Some(rate_limit_per_minute)) = (name, role, rate_limit_per_minute) else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "name, role and rate_limit_per_minute must not be NULL",
-            None,
-            None,
-        )
-    };
-    let (org, user, my_rank) = require_admin();
-    check_role(role, my_rank);
-    let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
-    validate(name, &scopes, rate_limit_per_minute, expires_in.as_ref());
-    let key = new_key();
-    let id =
-        insert_key(org, name, &key, role, scopes, expires_in.as_ref().map(interval_us), rate_limit_per_minute, user);
-    TableIterator::once((id, key))
+    let ev = crate::audit_trail::Event::new("create_api_key", context::with_claims(|c| c.org_id), "api_key");
+    crate::audit_trail::guarded(crate::audit_trail::Kind::Write, ev, |_| {
+        let (Some(name), Some(role), Some(rate_limit_per_minute)) = (name, role, rate_limit_per_minute) else {
+            raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "name, role and rate_limit_per_minute must not be NULL",
+                None,
+                None,
+            )
+        };
+        let (org, user, my_rank) = require_admin();
+        check_role(role, my_rank);
+        let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
+        validate(name, &scopes, rate_limit_per_minute, expires_in.as_ref());
+        let key = new_key();
+        let id = insert_key(
+            org,
+            name,
+            &key,
+            role,
+            scopes,
+            expires_in.as_ref().map(interval_us),
+            rate_limit_per_minute,
+            user,
+        );
+        TableIterator::once((id, key))
+    })
 }
 
 /// Replace a key: a new key with the same name, role, scopes and limit; the
@@ -298,52 +309,56 @@ fn rotate_api_key(
     key_id: Option<Uuid>,
     grace: default!(Option<Interval>, "'24 hours'"),
 ) -> TableIterator<'static, (name!(key_id, Uuid), name!(api_key, String))> {
-    let (Some(key_id), Some(grace)) = (key_id, grace) else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "key_id and grace must not be NULL", None, None)
-    };
-    let (org, user, my_rank) = require_admin();
-    let grace_us = interval_us(&grace);
-    if grace_us < 0 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "grace must not be negative", None, None);
-    }
-    let old = Spi::connect_mut(|c| {
-        let t = c.update(
-            "SELECT name, role, scopes, rate_limit_per_minute,
-                    extract(epoch FROM expires_at - created_at) * 1e6
-               FROM tenant_guard.api_keys
-              WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-              FOR UPDATE",
-            Some(1),
-            &[key_id.into(), Uuid::from_bytes(org).into()],
-        )?;
-        if t.is_empty() {
-            return Ok::<_, pgrx::spi::SpiError>(None);
+    let ev = crate::audit_trail::Event::new("rotate_api_key", context::with_claims(|c| c.org_id), "api_key")
+        .id(key_id.map(|k| *k.as_bytes()));
+    crate::audit_trail::guarded(crate::audit_trail::Kind::Write, ev, |_| {
+        let (Some(key_id), Some(grace)) = (key_id, grace) else {
+            raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "key_id and grace must not be NULL", None, None)
+        };
+        let (org, user, my_rank) = require_admin();
+        let grace_us = interval_us(&grace);
+        if grace_us < 0 {
+            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "grace must not be negative", None, None);
         }
-        let r = t.first();
-        Ok(Some((
-            r.get::<String>(1)?.unwrap_or_default(),
-            r.get::<String>(2)?.unwrap_or_default(),
-            r.get::<Vec<String>>(3)?.unwrap_or_default(),
-            r.get::<i32>(4)?.unwrap_or(600),
-            r.get::<pgrx::AnyNumeric>(5)?.map(|n| f64::try_from(n).unwrap_or(0.0) as i64),
-        )))
+        let old = Spi::connect_mut(|c| {
+            let t = c.update(
+                "SELECT name, role, scopes, rate_limit_per_minute,
+                        extract(epoch FROM expires_at - created_at) * 1e6
+                   FROM tenant_guard.api_keys
+                  WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+                  FOR UPDATE",
+                Some(1),
+                &[key_id.into(), Uuid::from_bytes(org).into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let r = t.first();
+            Ok(Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                r.get::<i32>(4)?.unwrap_or(600),
+                r.get::<pgrx::AnyNumeric>(5)?.map(|n| f64::try_from(n).unwrap_or(0.0) as i64),
+            )))
+        })
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+        let Some((name, role, scopes, rpm, lifetime_us)) = old else {
+            raise(PgSqlErrorCode::ERRCODE_NO_DATA, "no active API key with that id in this organization", None, None)
+        };
+        check_role(&role, my_rank);
+        let key = new_key();
+        let id = insert_key(org, &name, &key, &role, scopes, lifetime_us, rpm, user);
+        Spi::run_with_args(
+            "UPDATE tenant_guard.api_keys
+                SET expires_at = least(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $2::float8 / 1e6)),
+                    rotated_to = $3
+              WHERE id = $1",
+            &[key_id.into(), grace_us.into(), id.into()],
+        )
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+        TableIterator::once((id, key))
     })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
-    let Some((name, role, scopes, rpm, lifetime_us)) = old else {
-        raise(PgSqlErrorCode::ERRCODE_NO_DATA, "no active API key with that id in this organization", None, None)
-    };
-    check_role(&role, my_rank);
-    let key = new_key();
-    let id = insert_key(org, &name, &key, &role, scopes, lifetime_us, rpm, user);
-    Spi::run_with_args(
-        "UPDATE tenant_guard.api_keys
-            SET expires_at = least(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $2::float8 / 1e6)),
-                rotated_to = $3
-          WHERE id = $1",
-        &[key_id.into(), grace_us.into(), id.into()],
-    )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
-    TableIterator::once((id, key))
 }
 
 /// Service role: adopt an existing SHA-256 key hash (64 hex digits or 32
@@ -361,44 +376,52 @@ fn import_api_key_hash(
     rate_limit_per_minute: default!(Option<i32>, 600),
     display_prefix: default!(Option<&str>, "NULL"),
 ) -> Uuid {
-    let (Some(org_id), Some(name), Some(key_hash), Some(role), Some(rate_limit_per_minute)) =
-        (org_id, name, key_hash, role, rate_limit_per_minute)
-    else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "org_id, name, key_hash, role and rate_limit_per_minute must not be NULL",
-            None,
-            None,
+    let ev = crate::audit_trail::Event::new("import_api_key", org_id.map(|o| *o.as_bytes()), "api_key");
+    crate::audit_trail::guarded(crate::audit_trail::Kind::Write, ev, |_| {
+        let (Some(org_id), Some(name), Some(key_hash), Some(role), Some(rate_limit_per_minute)) =
+            (org_id, name, key_hash, role, rate_limit_per_minute)
+        else {
+            raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "org_id, name, key_hash, role and rate_limit_per_minute must not be NULL",
+                None,
+                None,
+            )
+        };
+        if key_hash.len() != 32 {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "key_hash must be the 32-byte SHA-256 of the key",
+                None,
+                None,
+            );
+        }
+        if roles::rank(role).is_none() {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown role \"{}\"", echo(role)),
+                None,
+                None,
+            );
+        }
+        let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
+        validate(name, &scopes, rate_limit_per_minute, None);
+        Spi::get_one_with_args::<Uuid>(
+            "INSERT INTO tenant_guard.api_keys (org_id, name, prefix, key_hash, role, scopes, rate_limit_per_minute, expires_at)
+             VALUES ($1, $2, coalesce($3, 'imported'), $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                org_id.into(),
+                name.into(),
+                // At most 8 characters: a legacy key may be short, and the prefix is shown to admins.
+                display_prefix.map(|p| p.chars().take(8).collect::<String>()).into(),
+                key_hash.into(),
+                role.into(),
+                scopes.into(),
+                rate_limit_per_minute.into(),
+                expires_at.into(),
+            ],
         )
-    };
-    if key_hash.len() != 32 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "key_hash must be the 32-byte SHA-256 of the key",
-            None,
-            None,
-        );
-    }
-    if roles::rank(role).is_none() {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown role \"{}\"", echo(role)), None, None);
-    }
-    let scopes: Vec<String> = scopes.unwrap_or_default().into_iter().flatten().collect();
-    validate(name, &scopes, rate_limit_per_minute, None);
-    Spi::get_one_with_args::<Uuid>(
-        "INSERT INTO tenant_guard.api_keys (org_id, name, prefix, key_hash, role, scopes, rate_limit_per_minute, expires_at)
-         VALUES ($1, $2, coalesce($3, 'imported'), $4, $5, $6, $7, $8) RETURNING id",
-        &[
-            org_id.into(),
-            name.into(),
-            // At most 8 characters: a legacy key may be short, and the prefix is shown to admins.
-            display_prefix.map(|p| p.chars().take(8).collect::<String>()).into(),
-            key_hash.into(),
-            role.into(),
-            scopes.into(),
-            rate_limit_per_minute.into(),
-            expires_at.into(),
-        ],
-    )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, format!("importing the key hash failed: {e}"), None, None))
-    .expect("RETURNING id")
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, format!("importing the key hash failed: {e}"), None, None))
+        .expect("RETURNING id")
+    })
 }

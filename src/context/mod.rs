@@ -520,28 +520,33 @@ pub fn authenticate_jwt(token: Option<&str>) -> Uuid {
 /// now). Returns that role.
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn assume(org_id: Option<Uuid>, user_id: Option<Uuid>) -> String {
-    let (Some(org_id), Some(user_id)) = (org_id, user_id) else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "org_id and user_id must not be NULL", None, None)
-    };
-    let org = *org_id.as_bytes();
-    let user = *user_id.as_bytes();
-    let Some(role) = membership_role(org, user) else {
-        raise(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "that user is not a member of that organization",
-            None,
-            None,
-        )
-    };
-    install(Claims {
-        org_id: org,
-        user_id: Some(user),
-        role: role.clone(),
-        api_key_id: None,
-        scopes: vec![],
-        binding: current_binding(),
-    });
-    role
+    let ev = crate::audit_trail::Event::new("assume", org_id.map(|o| *o.as_bytes()), "member")
+        .id(user_id.map(|u| *u.as_bytes()));
+    crate::audit_trail::guarded(crate::audit_trail::Kind::Read, ev, |ev| {
+        let (Some(org_id), Some(user_id)) = (org_id, user_id) else {
+            raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "org_id and user_id must not be NULL", None, None)
+        };
+        let org = *org_id.as_bytes();
+        let user = *user_id.as_bytes();
+        let Some(role) = membership_role(org, user) else {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "that user is not a member of that organization",
+                None,
+                None,
+            )
+        };
+        ev.detail = Some(format!("as {role}"));
+        install(Claims {
+            org_id: org,
+            user_id: Some(user),
+            role: role.clone(),
+            api_key_id: None,
+            scopes: vec![],
+            binding: current_binding(),
+        });
+        role
+    })
 }
 
 #[cfg(feature = "pg_test")]

@@ -58,6 +58,12 @@ BEGIN
     INSERT INTO tenant_guard.organizations (name) VALUES (create_organization.name) RETURNING id INTO new_id;
     INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES (new_id, owner_user_id, 'owner');
     RETURN new_id;
+EXCEPTION WHEN OTHERS THEN
+    -- A refusal is recorded in the audit trail at once, with its SQLSTATE
+    -- (what succeeds is recorded by the tables' triggers at commit).
+    PERFORM tenant_guard._trail_note('create_organization', NULL, 'organization', NULL, NULL,
+                                     left(create_organization.name, 200), NULL, SQLSTATE);
+    RAISE;
 END
 $$;
 
@@ -129,11 +135,18 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    org uuid := tenant_guard._check_member_change(add_member.user_id, coalesce(add_member.role, ''));
+    org uuid;
 BEGIN
-    INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES (org, add_member.user_id, add_member.role);
-EXCEPTION WHEN unique_violation THEN
-    RAISE EXCEPTION 'that user is already a member; use set_member_role()' USING ERRCODE = '23505';
+    org := tenant_guard._check_member_change(add_member.user_id, coalesce(add_member.role, ''));
+    BEGIN
+        INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES (org, add_member.user_id, add_member.role);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'that user is already a member; use set_member_role()' USING ERRCODE = '23505';
+    END;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM tenant_guard._trail_note('add_member', tenant_guard.current_org_id(), 'member', add_member.user_id,
+                                     left(add_member.role, 100), NULL, NULL, SQLSTATE);
+    RAISE;
 END
 $$;
 
@@ -143,14 +156,19 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    org uuid := tenant_guard._check_member_change(set_member_role.user_id, coalesce(set_member_role.role, ''));
+    org uuid;
 BEGIN
+    org := tenant_guard._check_member_change(set_member_role.user_id, coalesce(set_member_role.role, ''));
     UPDATE tenant_guard.memberships m SET role = set_member_role.role
      WHERE m.org_id = org AND m.user_id = set_member_role.user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'that user is not a member of this organization' USING ERRCODE = '02000';
     END IF;
     PERFORM tenant_guard._assert_owner_remains(org);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM tenant_guard._trail_note('set_member_role', tenant_guard.current_org_id(), 'member', set_member_role.user_id,
+                                     left(set_member_role.role, 100), NULL, NULL, SQLSTATE);
+    RAISE;
 END
 $$;
 
@@ -160,13 +178,18 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    org uuid := tenant_guard._check_member_change(remove_member.user_id, NULL);
+    org uuid;
 BEGIN
+    org := tenant_guard._check_member_change(remove_member.user_id, NULL);
     DELETE FROM tenant_guard.memberships m WHERE m.org_id = org AND m.user_id = remove_member.user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'that user is not a member of this organization' USING ERRCODE = '02000';
     END IF;
     PERFORM tenant_guard._assert_owner_remains(org);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM tenant_guard._trail_note('remove_member', tenant_guard.current_org_id(), 'member', remove_member.user_id,
+                                     NULL, NULL, NULL, SQLSTATE);
+    RAISE;
 END
 $$;
 

@@ -339,3 +339,16 @@ fn scan_latest<R>(
     }
     out
 }
+
+/// The OID of table `tenant_guard.<name>`, if it exists.
+pub fn table_oid(name: &CStr) -> Option<Oid> {
+    // SAFETY: catalog lookups by NUL-terminated names.
+    let oid = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"tenant_guard".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        pg_sys::get_relname_relid(name.as_ptr(), nsp)
+    };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}

@@ -36,6 +36,10 @@ pub enum RequireProtection {
 pub static JWT_AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Whether privileged actions are recorded in `tenant_guard.audit_log`
+/// (superuser only; security_audit() reports it off).
+pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub static REQUIRE_PROTECTION: GucSetting<RequireProtection> =
     GucSetting::<RequireProtection>::new(RequireProtection::Warn);
 
@@ -190,6 +194,14 @@ pub fn init() {
             c"When set, authenticate_jwt() requires the token's iss to equal this value.",
             c"",
             &JWT_ISSUER,
+            GucContext::Suset,
+            GucFlags::empty(),
+        );
+        GucRegistry::define_bool_guc(
+            c"tenant_guard.audit",
+            c"Record privileged actions (secret reads, assume, member, key, endpoint and secret changes) in tenant_guard.audit_log.",
+            c"On by default; only a superuser may turn it off, and security_audit() reports it.",
+            &AUDIT,
             GucContext::Suset,
             GucFlags::empty(),
         );

@@ -27,6 +27,7 @@ pgrx::extension_sql_file!(
         "rate_limit",
         "secrets",
         "webhooks",
+        "audit_trail",
         _note_unprotected_table
     ]
 );

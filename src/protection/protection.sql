@@ -127,6 +127,12 @@ BEGIN
     IF NOT has_index THEN
         EXECUTE format('CREATE INDEX ON %s (%I)', tbl, org_column);
     END IF;
+    PERFORM tenant_guard._trail_protect(tbl, 'protect');
+EXCEPTION WHEN OTHERS THEN
+    -- The audit trail records a refusal at once, a protect() when its
+    -- transaction ends.
+    PERFORM tenant_guard._trail_protect(tbl, 'protect', SQLSTATE);
+    RAISE;
 END
 $$;
 
@@ -146,6 +152,10 @@ BEGIN
         EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', r.relid::regclass);
         EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', r.relid::regclass);
     END LOOP;
+    PERFORM tenant_guard._trail_protect(tbl, 'unprotect');
+EXCEPTION WHEN OTHERS THEN
+    PERFORM tenant_guard._trail_protect(tbl, 'unprotect', SQLSTATE);
+    RAISE;
 END
 $$;
 

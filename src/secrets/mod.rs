@@ -2,6 +2,7 @@
 //! encrypted with AES-256-GCM (see envelope.rs) under the `secrets` subkey,
 //! bound to (org, kind, name), re-encryptable after a passphrase rotation.
 
+use crate::audit_trail::{self, Event, Kind};
 use crate::envelope::{self, EnvelopeError};
 use crate::kdf::{KeySet, Purpose};
 use crate::keyring;
@@ -85,11 +86,17 @@ fn encrypt(plaintext: &[u8], aad: default!(&[u8], "''")) -> Vec<u8> {
     seal(plaintext, &user_aad(aad))
 }
 
-/// Service role only: decrypt an envelope made by encrypt() with the same `aad`.
+/// Service role only: decrypt an envelope made by encrypt() with the same
+/// `aad`. Audited: the envelope's key id and size (never the data).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn decrypt(ciphertext: &[u8], aad: default!(&[u8], "''")) -> Vec<u8> {
-    open(ciphertext, &user_aad(aad))
+    let mut ev = Event::new("decrypt", None, "ciphertext");
+    ev.detail = Some(match envelope::key_id(ciphertext) {
+        Ok(id) => format!("key id {id:08x}, {} bytes", ciphertext.len()),
+        Err(_) => format!("not an envelope, {} bytes", ciphertext.len()),
+    });
+    audit_trail::guarded(Kind::Read, ev, |_| open(ciphertext, &user_aad(aad)))
 }
 
 /// Kinds tenant_guard manages itself (through their own functions).
@@ -180,27 +187,40 @@ pub(crate) fn admin_org() -> [u8; 16] {
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn put_secret(kind: &str, name: &str, secret: &str) -> Uuid {
-    check_user_kind(kind);
-    store(admin_org(), kind, name, secret.as_bytes())
+    let org = context::with_claims(|c| c.org_id);
+    audit_trail::guarded(Kind::Write, Event::new("put_secret", org, "secret").kind(kind).name(name), |_| {
+        check_user_kind(kind);
+        store(admin_org(), kind, name, secret.as_bytes())
+    })
 }
 
 /// Service role only: store a secret for any org (e.g. tokens your backend obtained).
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn put_secret_for(org_id: Uuid, kind: &str, name: &str, secret: &str) -> Uuid {
-    check_user_kind(kind);
-    store(*org_id.as_bytes(), kind, name, secret.as_bytes())
+    let ev = Event::new("put_secret", Some(*org_id.as_bytes()), "secret").kind(kind).name(name);
+    audit_trail::guarded(Kind::Write, ev, |_| {
+        check_user_kind(kind);
+        store(*org_id.as_bytes(), kind, name, secret.as_bytes())
+    })
 }
 
 /// Service role only: the plaintext of a secret, or NULL when there is none.
 /// Runs no SQL (probe.rs), so it needs no SECURITY DEFINER: its EXECUTE grant
-/// is the access check.
+/// is the access check. Audited (the read, not the secret).
 #[pg_extern(volatile, parallel_unsafe)]
 fn get_secret(org_id: Uuid, kind: &str, name: &str) -> Option<String> {
-    load(*org_id.as_bytes(), kind, name).map(|b| {
-        String::from_utf8(b).unwrap_or_else(|_| {
-            raise(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "the secret is not valid UTF-8", None, None)
-        })
+    let ev = Event::new("get_secret", Some(*org_id.as_bytes()), "secret").kind(kind).name(name);
+    audit_trail::guarded(Kind::Read, ev, |ev| {
+        let found = load(*org_id.as_bytes(), kind, name).map(|b| {
+            String::from_utf8(b).unwrap_or_else(|_| {
+                raise(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "the secret is not valid UTF-8", None, None)
+            })
+        });
+        if found.is_none() {
+            ev.detail = Some("no such secret".into());
+        }
+        found
     })
 }
 
@@ -208,15 +228,18 @@ fn get_secret(org_id: Uuid, kind: &str, name: &str) -> Option<String> {
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn delete_secret(kind: &str, name: &str) -> bool {
-    check_user_kind(kind);
-    let org = admin_org();
-    Spi::get_one_with_args::<bool>(
-        "WITH d AS (DELETE FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3 RETURNING 1)
-         SELECT count(*) > 0 FROM d",
-        &[Uuid::from_bytes(org).into(), kind.into(), name.into()],
-    )
-    .unwrap_or(Some(false))
-    .unwrap_or(false)
+    let org = context::with_claims(|c| c.org_id);
+    audit_trail::guarded(Kind::Write, Event::new("delete_secret", org, "secret").kind(kind).name(name), |_| {
+        check_user_kind(kind);
+        let org = admin_org();
+        Spi::get_one_with_args::<bool>(
+            "WITH d AS (DELETE FROM tenant_guard.secrets WHERE org_id = $1 AND kind = $2 AND name = $3 RETURNING 1)
+             SELECT count(*) > 0 FROM d",
+            &[Uuid::from_bytes(org).into(), kind.into(), name.into()],
+        )
+        .unwrap_or(Some(false))
+        .unwrap_or(false)
+    })
 }
 
 pub mod rotation;

@@ -1,6 +1,7 @@
 //! Passphrase rotation: re-encrypt the secrets not under the current key.
 
 use super::{open, seal};
+use crate::audit_trail::{self, Event, Kind};
 use crate::envelope;
 use crate::keyring;
 use crate::pg::errors::raise;
@@ -8,12 +9,25 @@ use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
 
 /// Re-encrypt up to `batch_size` secrets that are not under the current
-/// passphrase's key; returns how many it did. Run until it returns 0, then
-/// the old passphrase can be removed. Never returns plaintext; safe to
-/// interrupt and rerun (each row is rewritten in one UPDATE).
+/// passphrase's key, then (with what is left of the batch) re-seal audit
+/// entries sealed under an old one; returns how many it did. Run until it
+/// returns 0, then the old passphrase can be removed. Never returns
+/// plaintext; safe to interrupt and rerun (each row is rewritten in one
+/// UPDATE). Each run is one event of the audit trail.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn rotate_secrets(batch_size: default!(i32, 1000)) -> i64 {
+    let ev = Event::new("rotate_secrets", None, "secrets");
+    audit_trail::guarded(Kind::WriteRun, ev, |ev| {
+        let secrets = audit_trail::rekeying(|| reencrypt(batch_size));
+        // What is left of the batch goes to the audit trail's seals.
+        let entries = if secrets < batch_size as i64 { audit_trail::rekey(batch_size as i64 - secrets) } else { 0 };
+        ev.detail = Some(format!("re-encrypted {secrets} secrets, re-sealed {entries} audit entries"));
+        secrets + entries
+    })
+}
+
+fn reencrypt(batch_size: i32) -> i64 {
     if batch_size <= 0 {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "batch_size must be positive", None, None);
     }

@@ -2,6 +2,7 @@
 //! normalised site URL, secret = `{"username": ..., "app_password": ...}`.
 
 use super::{admin_org, load, store};
+use crate::audit_trail::{self, Event, Kind};
 use crate::pg::errors::raise;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
@@ -47,6 +48,12 @@ fn wp_load(org_id: Uuid, site_url: &str) -> Option<WpCreds> {
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn put_wordpress_credentials(site_url: &str, username: &str, app_password: &str) -> Uuid {
+    let org = crate::context::with_claims(|c| c.org_id);
+    let ev = Event::new("put_wordpress_credentials", org, "wordpress_credentials").kind(WP_KIND).name(site_url);
+    audit_trail::guarded(Kind::Write, ev, |_| put_wp(site_url, username, app_password))
+}
+
+fn put_wp(site_url: &str, username: &str, app_password: &str) -> Uuid {
     let org = admin_org();
     if username.is_empty() || username.contains(':') {
         raise(
@@ -71,7 +78,21 @@ pub fn get_wordpress_credentials(
     org_id: Uuid,
     site_url: &str,
 ) -> TableIterator<'static, (name!(username, String), name!(app_password, String))> {
-    TableIterator::new(wp_load(org_id, site_url).map(|c| (c.username, c.app_password)))
+    TableIterator::new(
+        audited_load("get_wordpress_credentials", org_id, site_url).map(|c| (c.username, c.app_password)),
+    )
+}
+
+/// wp_load, audited as a read of `action` (the site, never the credentials).
+fn audited_load(action: &'static str, org_id: Uuid, site_url: &str) -> Option<WpCreds> {
+    let ev = Event::new(action, Some(*org_id.as_bytes()), "wordpress_credentials").kind(WP_KIND).name(site_url);
+    audit_trail::guarded(Kind::Read, ev, |ev| {
+        let found = wp_load(org_id, site_url);
+        if found.is_none() {
+            ev.detail = Some("no credentials for that site".into());
+        }
+        found
+    })
 }
 
 /// Service role only: the ready `Authorization` header value for the WordPress REST API.
@@ -79,7 +100,7 @@ pub fn get_wordpress_credentials(
 #[search_path(pg_catalog, pg_temp)]
 pub fn wordpress_authorization(org_id: Uuid, site_url: &str) -> Option<String> {
     use base64::Engine;
-    wp_load(org_id, site_url).map(|c| {
+    audited_load("wordpress_authorization", org_id, site_url).map(|c| {
         // WordPress shows application passwords in groups of four with spaces; both forms work.
         let pair = format!("{}:{}", c.username, c.app_password);
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))

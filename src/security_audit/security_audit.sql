@@ -639,6 +639,38 @@ AS $$
      WHERE current_setting('tenant_guard.require_protection') <> 'error'
 $$;
 
+-- The audit trail: switched off anywhere, or entries lost; needs the library.
+CREATE FUNCTION tenant_guard._audit_trail()
+RETURNS SETOF tenant_guard.audit_finding
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'audit_trail_off', 'error', ARRAY['SECURITY'], 'setting tenant_guard.audit',
+           'tenant_guard.audit is off (in the server''s configuration, or in this session): secret reads, assume() and changes to members, API keys, secrets and webhook endpoints leave no trace.',
+           E'ALTER SYSTEM RESET tenant_guard.audit;  -- and remove it from postgresql.conf if it is set there\nSELECT pg_reload_conf();'
+     WHERE NOT current_setting('tenant_guard.audit')::boolean
+    UNION ALL
+    SELECT 'audit_trail_off', 'error', ARRAY['SECURITY'],
+           format('setting tenant_guard.audit for %s', concat_ws(' in ', 'role ' || r.rolname, 'database ' || d.datname)),
+           format('tenant_guard.audit is off for %s: what they do leaves no trace in the audit trail.',
+                  concat_ws(' in ', 'role ' || r.rolname, 'database ' || d.datname)),
+           format('ALTER %s RESET tenant_guard.audit;',
+                  CASE WHEN r.rolname IS NULL THEN format('DATABASE %I', d.datname)
+                       WHEN d.datname IS NULL THEN format('ROLE %I', r.rolname)
+                       ELSE format('ROLE %I IN DATABASE %I', r.rolname, d.datname) END)
+      FROM pg_db_role_setting s
+      LEFT JOIN pg_roles r ON r.oid = s.setrole
+      LEFT JOIN pg_database d ON d.oid = s.setdatabase,
+           unnest(s.setconfig) c
+     WHERE split_part(c, '=', 1) = 'tenant_guard.audit' AND NOT substr(c, length('tenant_guard.audit=') + 1)::boolean
+    UNION ALL
+    SELECT 'audit_entries_lost', 'error', ARRAY['SECURITY'], 'table tenant_guard.audit_log',
+           format('%s audit entr%s could not be recorded since the server started (the log queue was full when a write committed, or a log writer failed); the trail records each loss as an audit_entries_lost entry.',
+                  q.lost, CASE WHEN q.lost = 1 THEN 'y' ELSE 'ies' END),
+           E'-- find the gaps: SELECT at, detail FROM tenant_guard.audit_log WHERE action = ''audit_entries_lost'';\n-- then look for what fills the queue (request_log_queue(), audit_log_queue()) or makes the writer fail (the server log)'
+      FROM tenant_guard.audit_log_queue() q WHERE q.lost > 0
+$$;
+
 CREATE FUNCTION tenant_guard.security_audit(include_acknowledged boolean DEFAULT false)
 RETURNS TABLE (code text, level text, categories text[], object text, detail text, remedy text, acknowledged boolean)
 LANGUAGE plpgsql VOLATILE
@@ -665,7 +697,8 @@ BEGIN
               || ARRAY(SELECT f FROM tenant_guard._audit_policies() f)
               || ARRAY(SELECT f FROM tenant_guard._audit_keys() f)
               || ARRAY(SELECT f FROM tenant_guard._audit_api_keys() f)
-              || ARRAY(SELECT f FROM tenant_guard._audit_hygiene() f);
+              || ARRAY(SELECT f FROM tenant_guard._audit_hygiene() f)
+              || ARRAY(SELECT f FROM tenant_guard._audit_trail() f);
     ELSE
         found := found || ROW(
             'library_not_preloaded', 'error', ARRAY['SECURITY'], 'setting shared_preload_libraries',
@@ -701,6 +734,6 @@ REVOKE ALL ON FUNCTION tenant_guard._audit_untrusted(), tenant_guard._audit_expo
     tenant_guard._audit_relations(), tenant_guard._audit_tables(), tenant_guard._audit_policies(),
     tenant_guard._audit_functions(), tenant_guard._audit_extension_grants(), tenant_guard._audit_roles(),
     tenant_guard._audit_logging(), tenant_guard._audit_days(text), tenant_guard._audit_api_keys(),
-    tenant_guard._audit_hygiene(), tenant_guard._audit_keys(), tenant_guard._key_status(),
+    tenant_guard._audit_hygiene(), tenant_guard._audit_keys(), tenant_guard._key_status(), tenant_guard._audit_trail(),
     tenant_guard._policy_shape(text, smallint, oid[]),
     tenant_guard.security_audit(boolean), tenant_guard.acknowledge_finding(text, text, text) FROM PUBLIC;

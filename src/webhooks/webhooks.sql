@@ -83,6 +83,12 @@ BEGIN
     RETURNING id INTO endpoint_id;
     secret := tenant_guard._webhook_new_secret(org, endpoint_id, 'current');
     RETURN NEXT;
+EXCEPTION WHEN OTHERS THEN
+    -- A refusal is recorded in the audit trail at once (the URL only if it
+    -- was accepted: a refused one is not echoed anywhere).
+    PERFORM tenant_guard._trail_note('create_webhook_endpoint', tenant_guard.current_org_id(), 'webhook_endpoint', NULL,
+                                     NULL, canonical, NULL, SQLSTATE);
+    RAISE;
 END
 $$;
 
@@ -106,6 +112,31 @@ BEGIN
     END IF;
     PERFORM tenant_guard._webhook_retire_secret(org, rotate_webhook_secret.endpoint_id);
     RETURN tenant_guard._webhook_new_secret(org, rotate_webhook_secret.endpoint_id, 'current');
+EXCEPTION WHEN OTHERS THEN
+    PERFORM tenant_guard._trail_note('rotate_webhook_secret', tenant_guard.current_org_id(), 'webhook_endpoint',
+                                     rotate_webhook_secret.endpoint_id, NULL, NULL, NULL, SQLSTATE);
+    RAISE;
+END
+$$;
+
+-- Stop deliveries to an endpoint (admin of its org); pending deliveries
+-- are no longer handed out.
+CREATE FUNCTION tenant_guard.disable_webhook_endpoint(endpoint_id uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenant_guard._require_user_role('admin');
+    UPDATE tenant_guard.webhook_endpoints e SET active = false
+     WHERE e.id = disable_webhook_endpoint.endpoint_id AND e.org_id = tenant_guard.current_org_id();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no webhook endpoint with that id in this organization' USING ERRCODE = '02000';
+    END IF;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM tenant_guard._trail_note('disable_webhook_endpoint', tenant_guard.current_org_id(), 'webhook_endpoint',
+                                     disable_webhook_endpoint.endpoint_id, NULL, NULL, NULL, SQLSTATE);
+    RAISE;
 END
 $$;
 
@@ -276,7 +307,7 @@ REVOKE ALL ON FUNCTION
     tenant_guard.verify_github_signature(text, bytea, text),
     tenant_guard.verify_slack_signature(text, bigint, text, text, interval),
     tenant_guard.create_webhook_endpoint(text, text[]), tenant_guard.rotate_webhook_secret(uuid, interval),
-    tenant_guard.enqueue_webhook(text, jsonb),
+    tenant_guard.disable_webhook_endpoint(uuid), tenant_guard.enqueue_webhook(text, jsonb),
     tenant_guard.claim_webhook_deliveries(integer), tenant_guard.complete_webhook_delivery(uuid, boolean, integer, text, integer),
     tenant_guard.webhook_verify_once(text, text, text, bigint, text, text, interval),
     tenant_guard._webhook_url(text), tenant_guard._webhook_new_secret(uuid, uuid, text),
@@ -290,7 +321,7 @@ GRANT EXECUTE ON FUNCTION
     tenant_guard.verify_github_signature(text, bytea, text),
     tenant_guard.verify_slack_signature(text, bigint, text, text, interval),
     tenant_guard.create_webhook_endpoint(text, text[]), tenant_guard.rotate_webhook_secret(uuid, interval),
-    tenant_guard.enqueue_webhook(text, jsonb)
+    tenant_guard.disable_webhook_endpoint(uuid), tenant_guard.enqueue_webhook(text, jsonb)
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     tenant_guard.claim_webhook_deliveries(integer), tenant_guard.complete_webhook_delivery(uuid, boolean, integer, text, integer),
