@@ -42,6 +42,21 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
+# Citus 13.2 (the last series for PostgreSQL 15) for the Citus layer of the
+# tests (tests/citus.rs, bench/citus.rs). It is not in Debian's packages:
+# built from the source kept beside this repository (../shared/citus), or
+# from TG_CITUS_BUILD; see the README for installing it from Citus's packages.
+if ! grep -qs "default_version = '13.2" "$(pg_config --sharedir)/extension/citus.control"; then
+    here=$(cd "$(dirname "$0")/.." && pwd)
+    build="${TG_CITUS_BUILD:-$here/../shared/citus/build.sh}"
+    if [ ! -f "$build" ]; then
+        echo "setup: Citus 13.2 is not installed and $build is not there (set TG_CITUS_BUILD, or install Citus 13.2 for PostgreSQL 15)" >&2
+        exit 1
+    fi
+    echo "setup: building and installing Citus 13.2 (about a minute)"
+    $SUDO bash "$build"
+fi
+
 if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
     cargo pgrx init --pg15 /usr/bin/pg_config
 fi

@@ -2,9 +2,9 @@
 # Runs every test of tenant_guard: (1) plain `cargo test` of the pure-Rust
 # crate (core/), (2) the extension crate's tests under `cargo pgrx test`:
 # its #[pg_test]s in a throwaway server, beside the modules they test, and
-# its plain unit tests, (3) the black-box tests in tests/ against a throwaway cluster
-# with the extension preloaded, (4) a bounded fuzzing run of every parser of
-# untrusted input.
+# its plain unit tests, (3) the black-box tests in tests/ against throwaway
+# clusters with the extension preloaded (tests/citus.rs: a Citus coordinator
+# and two workers), (4) a bounded fuzzing run of every parser of untrusted input.
 # Usage: scripts/test.sh        (as root or a sudoer, on Debian 12)
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true

@@ -7,8 +7,8 @@
 use pgrx::prelude::*;
 
 pub use tenant_guard_core::{
-    api_key_format, audit_chain, context_token, echo, envelope, gcra, jwt, kdf, log_redaction, policy_shape, roles,
-    url_policy, webhook_signature,
+    api_key_format, audit_chain, carried_context, context_token, echo, envelope, gcra, jwt, kdf, log_redaction,
+    policy_shape, roles, url_policy, webhook_signature,
 };
 
 mod pg;
@@ -17,6 +17,7 @@ mod keyring;
 
 mod api_keys;
 mod audit_trail;
+mod citus;
 mod context;
 mod log_hook;
 mod organizations;
@@ -65,6 +66,7 @@ pub extern "C-unwind" fn _PG_init() {
     protection::init();
     log_hook::init();
     context::init();
+    citus::init();
 }
 
 // In-database tests (#[pg_test]) sit beside the code they test, in each

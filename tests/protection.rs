@@ -232,8 +232,8 @@ fn protect_validates_quotes_and_is_idempotent() {
     assert_eq!(val(&mut dba, "SELECT count(*) FROM pg_class WHERE relname = 'plain'").unwrap(), "1");
     assert_eq!(
         val(&mut dba, r#"SELECT count(*) FROM pg_policies WHERE tablename = 'x; DROP TABLE plain; --'"#).unwrap(),
-        "5",
-        "idempotent: one set of policies"
+        "8",
+        "idempotent: one set of policies (four restrictive, four permissive)"
     );
     assert_eq!(
         val(&mut dba, r#"SELECT count(*) FROM pg_index WHERE indrelid = '"x; DROP TABLE plain; --"'::regclass"#)

@@ -210,7 +210,7 @@ fn plain_roles_can_execute_exactly_the_documented_functions() {
         )
         .unwrap()
         .get(0);
-    let expected = "_forbid_self_approval,_is_uuid_column,_org_column_check,_rate_limit,_trail_protect,add_member,authenticate,\
+    let expected = "_forbid_self_approval,_is_citus_table,_is_uuid_column,_org_column_check,_rate_limit,_trail_protect,add_member,authenticate,\
 authenticate_jwt,clear_context,create_api_key,create_webhook_endpoint,current_api_key_id,current_org_id,current_org_id_if,\
 current_scopes,current_user_id,current_user_role,delete_secret,disable_webhook_endpoint,enqueue_webhook,forbid_self_approval,has_role,has_scope,hmac_sha256,\
 protect,put_secret,put_wordpress_credentials,rate_limit,remove_member,require_role,require_scope,revoke_api_key,\

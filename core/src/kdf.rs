@@ -30,6 +30,8 @@ pub enum Purpose {
     Context,
     /// HMAC-SHA256 key that seals the audit trail's chain (audit_chain.rs).
     Audit,
+    /// HMAC-SHA256 key that signs contexts carried to Citus workers (carried_context.rs).
+    Carried,
 }
 
 impl Purpose {
@@ -38,6 +40,7 @@ impl Purpose {
             Purpose::Secrets => b"tenant_guard/v1/secrets",
             Purpose::Context => b"tenant_guard/v1/context",
             Purpose::Audit => b"tenant_guard/v1/audit",
+            Purpose::Carried => b"tenant_guard/v1/carried-context",
         }
     }
 }
@@ -65,6 +68,7 @@ pub struct KeySet {
     secrets: Zeroizing<[u8; 32]>,
     context: Zeroizing<[u8; 32]>,
     audit: Zeroizing<[u8; 32]>,
+    carried: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for KeySet {
@@ -91,7 +95,9 @@ impl KeySet {
         hk.expand(Purpose::Context.label(), context.as_mut()).expect("32 bytes is a valid HKDF length");
         let mut audit = Zeroizing::new([0u8; 32]);
         hk.expand(Purpose::Audit.label(), audit.as_mut()).expect("32 bytes is a valid HKDF length");
-        Ok(KeySet { key_id: u32::from_be_bytes(id), secrets, context, audit })
+        let mut carried = Zeroizing::new([0u8; 32]);
+        hk.expand(Purpose::Carried.label(), carried.as_mut()).expect("32 bytes is a valid HKDF length");
+        Ok(KeySet { key_id: u32::from_be_bytes(id), secrets, context, audit, carried })
     }
 
     /// A public fingerprint of the passphrase, stored in envelopes so that
@@ -105,6 +111,7 @@ impl KeySet {
             Purpose::Secrets => &self.secrets,
             Purpose::Context => &self.context,
             Purpose::Audit => &self.audit,
+            Purpose::Carried => &self.carried,
         }
     }
 }

@@ -6,6 +6,8 @@
 pub mod api_key_format;
 /// The audit trail's hash chain and its verification.
 pub mod audit_chain;
+/// The request context carried to Citus workers, and the claim rule.
+pub mod carried_context;
 /// The signed request context token (`v1.<claims>.<mac>`).
 pub mod context_token;
 /// How user input may appear in an error or notice.

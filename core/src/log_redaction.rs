@@ -1,5 +1,6 @@
 //! What the server-log hook (logscrub.rs) removes from a log message: API
-//! keys, JWTs and webhook secrets wherever they appear, and bound parameter
+//! keys, JWTs, webhook secrets and carried request contexts wherever they
+//! appear, and bound parameter
 //! values. Pure functions on bytes (every server encoding is ASCII-safe and
 //! every pattern here is ASCII). A result is never longer than its input, so
 //! the hook can write it over the original without allocating; each returns
@@ -60,6 +61,14 @@ fn next_span(s: &[u8], mut i: usize) -> Option<(usize, usize)> {
             let n = run(s, i + 6, is_b64);
             if n > 0 {
                 return Some((i + 6, i + 6 + n));
+            }
+        } else if rest.starts_with(crate::carried_context::PREFIX.as_bytes()) {
+            // A request context carried to a Citus worker (and replayed in
+            // the worker's log, or by citus.log_remote_commands).
+            let at = i + crate::carried_context::PREFIX.len();
+            let n = run(s, at, |b| is_b64url(b) || b == b'.');
+            if n > 0 {
+                return Some((at, at + n));
             }
         }
         i += 1;
@@ -408,6 +417,9 @@ mod tests {
         assert!(!r.contains("MfKQ9r8"), "{r}");
         assert!(r.contains("whsec_[redacted]"), "{r}");
         assert_eq!(secrets(b"eyJabc.def"), None, "not a JWT: no second dot");
+        let r =
+            s(secrets(b"issuing SET LOCAL tenant_guard.carried_context TO 'tgc1.eyJvIjpbMV19.c2lnbmF0dXJlX2J5dGVz'"));
+        assert!(!r.contains("eyJvIjpbMV19") && !r.contains("c2lnbmF0dXJl") && r.contains("tgc1.[redacted]"), "{r}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub const JWT_SECRET: &str = "harness-jwt-secret-5e8a1d3c7b9f2e4a6c0d8b1f3a5e7c9
 
 pub struct Options {
     pub preload: bool,
+    /// What shared_preload_libraries holds when `preload` (default: tenant_guard).
+    pub preload_libraries: String,
     /// Create the extension in template1 and the login roles dba/svc/app use.
     pub bootstrap: bool,
     pub passphrase: String,
@@ -36,6 +38,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             preload: true,
+            preload_libraries: "tenant_guard".into(),
             bootstrap: true,
             passphrase: PASSPHRASE.into(),
             jwt_secret: JWT_SECRET.into(),
@@ -159,7 +162,7 @@ impl Cluster {
             datadir.display()
         );
         if opts.preload {
-            conf.push_str("shared_preload_libraries = 'tenant_guard'\n");
+            conf.push_str(&format!("shared_preload_libraries = '{}'\n", opts.preload_libraries));
         }
         for l in &opts.extra_conf {
             conf.push_str(l);
@@ -425,6 +428,59 @@ impl Cluster {
         let p = self.datadir.join("tenant_guard_secrets.conf");
         std::fs::write(&p, content).unwrap();
         self.reload();
+    }
+}
+
+/// A Citus cluster: a coordinator and two workers on private ports, each
+/// with `citus,tenant_guard` preloaded and the same secrets, the workers
+/// added to the coordinator, tenant_guard created (Citus creates it on the
+/// workers too) and the login roles dba, svc and app (Citus propagates them).
+/// Citus must be installed (scripts/setup.sh does it).
+pub struct CitusCluster {
+    pub coordinator: Cluster,
+    pub workers: Vec<Cluster>,
+}
+
+impl CitusCluster {
+    pub fn start() -> CitusCluster {
+        let opts = || Options {
+            bootstrap: false,
+            preload_libraries: "citus,tenant_guard".into(),
+            extra_conf: vec![
+                "citus.node_conninfo = 'sslmode=disable'".into(),
+                "max_worker_processes = 32".into(),
+                "max_connections = 100".into(),
+            ],
+            ..Options::default()
+        };
+        let coordinator = Cluster::start(opts());
+        let workers: Vec<Cluster> = (0..2).map(|_| Cluster::start(opts())).collect();
+        for c in std::iter::once(&coordinator).chain(&workers) {
+            c.connect("postgres", "dba").batch_execute("CREATE EXTENSION citus").expect("CREATE EXTENSION citus");
+        }
+        let mut dba = coordinator.connect("postgres", "dba");
+        dba.batch_execute(&format!("SELECT citus_set_coordinator_host('127.0.0.1', {})", coordinator.port)).unwrap();
+        for w in &workers {
+            dba.batch_execute(&format!("SELECT citus_add_node('127.0.0.1', {})", w.port)).unwrap();
+        }
+        dba.batch_execute(
+            "CREATE EXTENSION tenant_guard;
+             CREATE ROLE app LOGIN;
+             CREATE ROLE svc LOGIN IN ROLE tenant_guard_service;
+             GRANT ALL ON SCHEMA public TO PUBLIC;",
+        )
+        .expect("set up the coordinator");
+        CitusCluster { coordinator, workers }
+    }
+
+    /// A connection to the coordinator's `postgres` database as `user`.
+    pub fn connect(&self, user: &str) -> Client {
+        self.coordinator.connect("postgres", user)
+    }
+
+    /// A connection straight to worker `i` as `user`.
+    pub fn worker(&self, i: usize, user: &str) -> Client {
+        self.workers[i].connect("postgres", user)
     }
 }
 

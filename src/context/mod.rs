@@ -66,6 +66,12 @@ pub fn current_binding() -> Binding {
 /// when there is none (or it is not valid here and now).
 pub fn with_claims<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
     let generation = settings::key_generation();
+    // No request context of this node's own: one carried here from a Citus
+    // coordinator, if this session claimed it for this transaction.
+    let own = settings::with_value(&settings::CONTEXT, |raw| raw.is_some_and(|r| !r.is_empty()));
+    if !own {
+        return crate::citus::with_carried(f);
+    }
     // Refresh the cache from the setting: verify a token once per distinct value.
     settings::with_value(&settings::CONTEXT, |raw| {
         let raw = raw.filter(|r| !r.is_empty())?;
@@ -151,6 +157,10 @@ unsafe extern "C-unwind" fn rights_xact_callback(event: pg_sys::XactEvent::Type,
         XACT_EVENT_ABORT => DIRTY.with(|d| d.set(false)),
         _ => {}
     }
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE) {
+        // The context ends with the transaction: so do plans built on it.
+        crate::citus::forget_injected_plans();
+    }
 }
 
 static PREV_EXECUTOR_START: std::sync::OnceLock<pg_sys::ExecutorStart_hook_type> = std::sync::OnceLock::new();
@@ -215,6 +225,7 @@ pub fn refresh() {
         }),
     });
     if skip {
+        crate::citus::refresh_carried(|| with_claims(Claims::clone));
         return;
     }
     let Some(claims) = with_claims(Claims::clone) else { return };
@@ -252,6 +263,7 @@ pub fn install(claims: Claims) {
     let key = keyring::current();
     let tok = context_token::encode(&claims, key.subkey(Purpose::Context));
     set_context_value(&tok);
+    crate::citus::carry(Some(&claims));
     let generation = settings::key_generation();
     CACHE.with(|c| *c.borrow_mut() = Some(Cached { token: tok.into_bytes(), generation, claims: Some(claims) }));
 }
@@ -259,6 +271,8 @@ pub fn install(claims: Claims) {
 fn set_context_value(value: &str) {
     let v = std::ffi::CString::new(value).expect("token has no NUL");
     settings::set_as_superuser(settings::CONTEXT_NAME, &v, true);
+    // Plans that hold an org evaluated from the old context (Citus) go.
+    crate::citus::forget_injected_plans();
 }
 
 fn require_known_role(name: Option<&str>) -> u8 {
@@ -424,6 +438,7 @@ pub fn require_scope(scope: Option<&str>) {
 pub fn clear_context() {
     set_context_value("");
     CACHE.with(|c| *c.borrow_mut() = None);
+    crate::citus::carry(None);
 }
 
 // ---------------------------------------------------------------- setters

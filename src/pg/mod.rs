@@ -7,9 +7,11 @@
 //! - `index_lookup`: one row of a tenant_guard table through its unique
 //!   index, as committed now;
 //! - `errors`: raising an error with a SQLSTATE;
+//! - `citus`: Citus, when it is loaded (found at run time);
 //! - `clock`: the one clock;
 //! - `shmem`: large shared-memory arrays, zeroed in place.
 
+pub mod citus;
 pub mod clock;
 pub mod errors;
 pub mod index_lookup;

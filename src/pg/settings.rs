@@ -19,6 +19,11 @@ pub static CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>:
 
 pub const CONTEXT_NAME: &CStr = c"tenant_guard.context";
 
+/// The request context carried to a Citus worker (citus/mod.rs): any role
+/// may set it (Citus replays the coordinator's SET LOCAL as the current
+/// user), but only to a token this cluster signed, claimed once per node.
+pub static CARRIED_CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// What happens to a new table with an org_id column that is still
 /// unprotected when its transaction commits (see guard.rs).
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -180,6 +185,17 @@ pub fn init() {
             &CONTEXT,
             GucContext::Suset,
             GucFlags::empty(),
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"tenant_guard.carried_context",
+            c"A request context carried to this Citus worker; set only by tenant_guard on the coordinator, through Citus.",
+            c"Accepted once per node, for the distributed transaction it was made for.",
+            &CARRIED_CONTEXT,
+            GucContext::Userset,
+            GucFlags::NO_SHOW_ALL,
+            Some(crate::citus::check_carried),
+            Some(crate::citus::assign_carried),
+            None,
         );
         GucRegistry::define_string_guc(
             c"tenant_guard.jwt_audience",

@@ -28,6 +28,7 @@ pgrx::extension_sql_file!(
         "secrets",
         "webhooks",
         "audit_trail",
+        "citus",
         _note_unprotected_table
     ]
 );
@@ -102,7 +103,9 @@ fn check_pending() {
                 AND (NOT c.relrowsecurity
                      -- A table protect() made (it carries its policies) must
                      -- also keep FORCE and its four restrictive policies,
-                     -- each still checking the org.
+                     -- each still checking the org (on a Citus table, whose
+                     -- shards hold every policy as permissive, they are
+                     -- permissive, and no other permissive policy may widen them).
                      OR (EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
                                   WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND p.polname OPERATOR(pg_catalog.~~) 'tenant\\_guard\\_%')
                          -- (the extension's own tables carry policies of that name
@@ -112,7 +115,8 @@ fn check_pending() {
                                             AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e')
                          AND (NOT c.relforcerowsecurity
                               OR (SELECT pg_catalog.count(*) FROM pg_catalog.pg_policy p
-                                   WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND NOT p.polpermissive
+                                   WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid
+                                     AND (NOT p.polpermissive OR tenant_guard._is_citus_table(c.oid))
                                      -- exactly what protect() made: for everyone, for its command,
                                      -- each expression `org_id = current_org_id_if('<role>')`
                                      AND p.polroles OPERATOR(pg_catalog.=) '{0}'::pg_catalog.oid[]
@@ -125,6 +129,19 @@ fn check_pending() {
                                          OPERATOR(pg_catalog.~) $2
                                      AND COALESCE(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '(org_id = current_org_id_if(''viewer''::text))')
                                          OPERATOR(pg_catalog.~) $2) OPERATOR(pg_catalog.<) 4
+                              OR (tenant_guard._is_citus_table(c.oid) AND EXISTS (
+                                  SELECT 1 FROM pg_catalog.pg_policy p
+                                   WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND p.polpermissive
+                                     AND NOT (p.polroles OPERATOR(pg_catalog.=) '{0}'::pg_catalog.oid[]
+                                              AND (p.polname::pg_catalog.text, p.polcmd::pg_catalog.text) IN
+                                                  (('tenant_guard_select', 'r'), ('tenant_guard_insert', 'a'),
+                                                   ('tenant_guard_update', 'w'), ('tenant_guard_delete', 'd'),
+                                                   ('tenant_guard_allow_select', 'r'), ('tenant_guard_allow_insert', 'a'),
+                                                   ('tenant_guard_allow_update', 'w'), ('tenant_guard_allow_delete', 'd'))
+                                              AND COALESCE(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '(org_id = current_org_id_if(''viewer''::text))')
+                                                  OPERATOR(pg_catalog.~) $2
+                                              AND COALESCE(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '(org_id = current_org_id_if(''viewer''::text))')
+                                                  OPERATOR(pg_catalog.~) $2)))
                               -- and nobody but the owner may TRUNCATE it (ignores RLS), put a
                               -- trigger on it or reference it (protect() revoked these)
                               OR EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a

@@ -58,6 +58,7 @@ DECLARE
     kind "char";
     has_index boolean;
     rl text;
+    mode text;
 BEGIN
     PERFORM tenant_guard._org_column_check(tbl, org_column);
     FOREACH rl IN ARRAY ARRAY[read_role, write_role, delete_role] LOOP
@@ -81,20 +82,33 @@ BEGIN
             EXECUTE format('DROP POLICY %I ON %s', pol.polname, r.relid::regclass);
         END LOOP;
         -- One RESTRICTIVE policy per command carries the whole rule, so no
-        -- other policy can widen access beyond the org and role; the single
-        -- PERMISSIVE policy is just `true` (RLS needs one to grant anything).
+        -- other policy can widen access beyond the org and role; and the same
+        -- rule again as one PERMISSIVE policy per command (RLS needs a
+        -- permissive policy to admit anything). Written twice, the rule means
+        -- the same whichever mode a policy is copied with: Citus copies
+        -- policies to its shards without AS RESTRICTIVE (docs/citus.md), so
+        -- on a Citus table the four are PERMISSIVE from the start (its
+        -- coordinator and shards then hold the same policies), and the guard
+        -- refuses any other permissive policy there.
         -- `org = current_org_id_if(role)` is one stable expression: an index
         -- condition evaluated once per scan, not a per-row filter.
-        EXECUTE format('CREATE POLICY tenant_guard_select ON %s AS RESTRICTIVE FOR SELECT USING (%I = tenant_guard.current_org_id_if(%L))',
+        mode := CASE WHEN tenant_guard._is_citus_table(r.relid) THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END;
+        EXECUTE format('CREATE POLICY tenant_guard_select ON %s AS %s FOR SELECT USING (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, mode, org_column, read_role);
+        EXECUTE format('CREATE POLICY tenant_guard_insert ON %s AS %s FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, mode, org_column, write_role);
+        EXECUTE format('CREATE POLICY tenant_guard_update ON %s AS %s FOR UPDATE USING (%I = tenant_guard.current_org_id_if(%L)) WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, mode, org_column, write_role, org_column, write_role);
+        EXECUTE format('CREATE POLICY tenant_guard_delete ON %s AS %s FOR DELETE USING (%I = tenant_guard.current_org_id_if(%L))',
+                       r.relid::regclass, mode, org_column, delete_role);
+        EXECUTE format('CREATE POLICY tenant_guard_allow_select ON %s AS PERMISSIVE FOR SELECT USING (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, read_role);
-        EXECUTE format('CREATE POLICY tenant_guard_insert ON %s AS RESTRICTIVE FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_allow_insert ON %s AS PERMISSIVE FOR INSERT WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, write_role);
-        EXECUTE format('CREATE POLICY tenant_guard_update ON %s AS RESTRICTIVE FOR UPDATE USING (%I = tenant_guard.current_org_id_if(%L)) WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_allow_update ON %s AS PERMISSIVE FOR UPDATE USING (%I = tenant_guard.current_org_id_if(%L)) WITH CHECK (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, write_role, org_column, write_role);
-        EXECUTE format('CREATE POLICY tenant_guard_delete ON %s AS RESTRICTIVE FOR DELETE USING (%I = tenant_guard.current_org_id_if(%L))',
+        EXECUTE format('CREATE POLICY tenant_guard_allow_delete ON %s AS PERMISSIVE FOR DELETE USING (%I = tenant_guard.current_org_id_if(%L))',
                        r.relid::regclass, org_column, delete_role);
-        EXECUTE format('CREATE POLICY tenant_guard_allow ON %s AS PERMISSIVE FOR ALL USING (true) WITH CHECK (true)',
-                       r.relid::regclass);
     END LOOP;
 
     -- TRUNCATE ignores RLS, a trigger runs inside other tenants' transactions

@@ -184,7 +184,7 @@ static ENTRIES: crate::pg::shmem::Region =
 
 pub fn init() {
     pgrx::pg_shmem_init!(LOG = LogState::new());
-    static REGIONS: [&crate::pg::shmem::Region; 1] = [&ENTRIES];
+    static REGIONS: [&crate::pg::shmem::Region; 2] = [&ENTRIES, crate::citus::CLAIMS_TABLE];
     crate::pg::shmem::register(&REGIONS);
 }
 

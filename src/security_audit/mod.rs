@@ -15,7 +15,7 @@ use std::ffi::{c_void, CString};
 pgrx::extension_sql_file!(
     "security_audit.sql",
     name = "security_audit",
-    requires = ["protection", "request_log", "secrets", "webhooks", "audit_trail", _policy_shape, _key_status]
+    requires = ["protection", "request_log", "secrets", "webhooks", "audit_trail", "citus", _policy_shape, _key_status]
 );
 
 /// The shape of one policy expression (`pg_policy.polqual` or

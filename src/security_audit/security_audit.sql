@@ -671,6 +671,68 @@ AS $$
       FROM tenant_guard.audit_log_queue() q WHERE q.lost > 0
 $$;
 
+-- Citus: the policies of every shard placement of a distributed table with
+-- row-level security must be the coordinator's (Citus copies them to the
+-- shards, without AS RESTRICTIVE: docs/citus.md). Runs only where Citus is
+-- installed; asks each placement through Citus.
+CREATE FUNCTION tenant_guard._audit_citus()
+RETURNS SETOF tenant_guard.audit_finding
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- One line per policy: name, command, mode, roles, USING, WITH CHECK.
+    -- (run_command_on_placements formats the query with the shard's name: %% is %.)
+    describe constant text := $q$SELECT coalesce(string_agg(format('%%s|%%s|%%s|%%s|%%s|%%s', p.polname, p.polcmd, p.polpermissive,
+        (SELECT string_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ',' ORDER BY 1) FROM unnest(p.polroles) r),
+        coalesce(pg_get_expr(p.polqual, p.polrelid), '-'), coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '-')), E'
+' ORDER BY p.polname), '')
+      FROM pg_catalog.pg_policy p WHERE p.polrelid = '%1$s'::regclass$q$;
+    t record;
+    pl record;
+    mine text;
+    bad text;
+    mode_only boolean;
+    twins boolean;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR t IN EXECUTE $q$SELECT c.oid::regclass AS rel FROM pg_catalog.pg_dist_partition d JOIN pg_catalog.pg_class c ON c.oid = d.logicalrelid
+                        WHERE c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
+                        ORDER BY 1::text$q$ LOOP
+        EXECUTE replace(replace(describe, '%%', '%'), '%1$s', t.rel::oid::text) INTO mine;
+        bad := NULL;
+        mode_only := true;
+        FOR pl IN EXECUTE 'SELECT shardid, nodename, nodeport, success, result FROM run_command_on_placements($1, $2)'
+                  USING t.rel, describe LOOP
+            IF NOT pl.success OR pl.result IS DISTINCT FROM mine THEN
+                bad := concat_ws(', ', bad, format('shard %s on %s:%s', pl.shardid, pl.nodename, pl.nodeport));
+                IF NOT pl.success OR regexp_replace(pl.result, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn')
+                                     IS DISTINCT FROM regexp_replace(mine, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn') THEN
+                    mode_only := false;
+                END IF;
+            END IF;
+        END LOOP;
+        CONTINUE WHEN bad IS NULL;
+        -- Only the mode differs on a table protect() made: its permissive
+        -- twins carry the same rule, so every shard still isolates orgs.
+        twins := (SELECT count(*) = 4 FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polpermissive
+                    AND p.polname IN ('tenant_guard_allow_select', 'tenant_guard_allow_insert', 'tenant_guard_allow_update', 'tenant_guard_allow_delete'));
+        RETURN NEXT ROW('citus_shard_policies_differ', CASE WHEN mode_only AND twins THEN 'warn' ELSE 'error' END, ARRAY['SECURITY'],
+                        'table ' || t.rel::text,
+                        format('The row-level security policies of %s differ between the coordinator and %s%s.', t.rel, left(bad, 500),
+                               CASE WHEN mode_only AND twins
+                                    THEN ' in mode only (Citus copies policies without AS RESTRICTIVE; protect()''s permissive policies keep every shard isolated)'
+                                    ELSE ': a shard may let other orgs'' rows through' END),
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polname LIKE 'tenant\_guard\_%')
+                             THEN format('SELECT tenant_guard.protect(%L);  -- re-creates the policies on the coordinator and, through Citus, on every shard', t.rel::text)
+                             ELSE format('-- re-create the policies of %s (DROP POLICY, then CREATE POLICY: Citus copies them to the shards); prefer SELECT tenant_guard.protect(%L)', t.rel, t.rel::text) END
+                       )::tenant_guard.audit_finding;
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION tenant_guard.security_audit(include_acknowledged boolean DEFAULT false)
 RETURNS TABLE (code text, level text, categories text[], object text, detail text, remedy text, acknowledged boolean)
 LANGUAGE plpgsql VOLATILE
@@ -698,7 +760,8 @@ BEGIN
               || ARRAY(SELECT f FROM tenant_guard._audit_keys() f)
               || ARRAY(SELECT f FROM tenant_guard._audit_api_keys() f)
               || ARRAY(SELECT f FROM tenant_guard._audit_hygiene() f)
-              || ARRAY(SELECT f FROM tenant_guard._audit_trail() f);
+              || ARRAY(SELECT f FROM tenant_guard._audit_trail() f)
+              || ARRAY(SELECT f FROM tenant_guard._audit_citus() f);
     ELSE
         found := found || ROW(
             'library_not_preloaded', 'error', ARRAY['SECURITY'], 'setting shared_preload_libraries',
@@ -734,6 +797,6 @@ REVOKE ALL ON FUNCTION tenant_guard._audit_untrusted(), tenant_guard._audit_expo
     tenant_guard._audit_relations(), tenant_guard._audit_tables(), tenant_guard._audit_policies(),
     tenant_guard._audit_functions(), tenant_guard._audit_extension_grants(), tenant_guard._audit_roles(),
     tenant_guard._audit_logging(), tenant_guard._audit_days(text), tenant_guard._audit_api_keys(),
-    tenant_guard._audit_hygiene(), tenant_guard._audit_keys(), tenant_guard._key_status(), tenant_guard._audit_trail(),
+    tenant_guard._audit_hygiene(), tenant_guard._audit_keys(), tenant_guard._key_status(), tenant_guard._audit_trail(), tenant_guard._audit_citus(),
     tenant_guard._policy_shape(text, smallint, oid[]),
     tenant_guard.security_audit(boolean), tenant_guard.acknowledge_finding(text, text, text) FROM PUBLIC;

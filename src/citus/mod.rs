@@ -1,0 +1,455 @@
+//! Citus: isolation that holds on every node of a cluster sharded by tenant.
+//!
+//! - **The context reaches the workers of the distributed transaction.**
+//!   When a context is set (or cleared) inside a transaction block on a node
+//!   with Citus, it is also signed into a *carried* token
+//!   (core/src/carried_context.rs) and set with `SET LOCAL
+//!   tenant_guard.carried_context`, which Citus replays on every worker
+//!   connection of the distributed transaction. A worker accepts the token
+//!   only in a session of that distributed transaction, and claims it for
+//!   the first such session to use it; a copy presented later is refused
+//!   (and the worker's activity text no longer shows it).
+//!   Each worker connection of such a transaction is the only one to its node
+//!   (`citus.max_adaptive_executor_pool_size = 1`), so one claim per node is
+//!   all a transaction needs.
+//! - **Queries stay on the tenant's shard.** Citus prunes shards by the
+//!   distribution column's value in the query, and row-level security
+//!   quals are not in the query; so before Citus plans, each protect()
+//!   policy qual on a Citus table is evaluated and added to the query as
+//!   `org_id = '<the org>'` (the policies still apply on every shard).
+//!   A plan that holds such a value is dropped from the plan cache when the
+//!   context changes or the transaction ends.
+
+use crate::carried_context::{self, Carried, Claimant, Slot, Transaction, Verdict};
+use crate::context_token::Claims;
+use crate::kdf::Purpose;
+use crate::keyring;
+use crate::pg::citus;
+use crate::pg::errors::raise;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{PgLwLock, PgSqlErrorCode, Uuid};
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_char, c_void, CStr};
+
+// _is_citus_table() for the SQL of protect(), the guard and security_audit() (citus.sql).
+pgrx::extension_sql_file!("citus.sql", name = "citus", requires = ["schema", _is_citus_table]);
+
+/// Internal: whether `tbl` is a Citus table here (false without Citus).
+#[pg_extern(stable, parallel_safe)]
+fn _is_citus_table(tbl: pg_sys::Oid) -> bool {
+    citus::is_citus_table(tbl)
+}
+
+// ---------------------------------------------------------------- the claims table
+
+const CLAIMS: usize = 65_536;
+
+/// The lock over the claims table (the table itself is a zeroed Region).
+#[derive(Copy, Clone, Default)]
+#[repr(C)]
+pub struct ClaimsLock {
+    claimed: u64,
+    refused: u64,
+}
+// SAFETY: plain integers.
+unsafe impl PGRXSharedMemory for ClaimsLock {}
+
+// SAFETY: a unique name, initialized once by init() in the postmaster.
+static LOCK: PgLwLock<ClaimsLock> = unsafe { PgLwLock::new(c"tenant_guard_carried_claims") };
+static TABLE: crate::pg::shmem::Region =
+    crate::pg::shmem::Region::new(c"tenant_guard_carried_claims_table", std::mem::size_of::<[Slot; CLAIMS]>());
+/// For the one registration of shared-memory regions (request_log::init).
+pub static CLAIMS_TABLE: &crate::pg::shmem::Region = &TABLE;
+
+fn current_transaction() -> Transaction {
+    citus::distributed_transaction()
+        .map(|(initiator, number, stamp)| Transaction { initiator, number, stamp })
+        .unwrap_or_default()
+}
+
+fn judge(c: &Carried, by: Claimant) -> Verdict {
+    let tx = current_transaction();
+    let mut g = LOCK.exclusive();
+    // SAFETY: TABLE holds CLAIMS slots (valid when zeroed), attached at
+    // startup; LOCK, held exclusively here, guards it.
+    let slots = unsafe { std::slice::from_raw_parts_mut(TABLE.ptr().cast::<Slot>(), CLAIMS) };
+    let v = carried_context::claim(slots, c, citus::system_identifier(), by, tx, crate::pg::clock::now_us());
+    match v {
+        Verdict::Accepted => g.claimed += 1,
+        _ => g.refused += 1,
+    }
+    v
+}
+
+// ---------------------------------------------------------------- on a worker
+
+/// The carried context of this session: set and not used yet (it is judged
+/// at its first use, once Citus has given the session its distributed
+/// transaction id), accepted (its claims, bound to the transaction that
+/// claimed it) or refused (why).
+enum Held {
+    Pending(Carried, crate::context_token::Binding),
+    Accepted(Claims),
+    Refused(Verdict, crate::context_token::Binding),
+}
+
+thread_local! {
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+/// `tenant_guard.carried_context`'s check hook: empty, or a carried token
+/// this cluster signed (the value is never quoted back: PostgreSQL's own
+/// message would).
+#[pg_guard]
+pub unsafe extern "C-unwind" fn check_carried(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL hands a valid (possibly NULL) string pointer.
+    let value = unsafe { (*newval).as_ref().map(|p| CStr::from_ptr(p).to_bytes()) }.unwrap_or(b"");
+    if value.is_empty() {
+        return true;
+    }
+    use pg_sys::GucSource::*;
+    let stored = matches!(source, PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER);
+    let ok = !stored
+        && std::str::from_utf8(value).ok().is_some_and(|t| {
+            keyring::try_current().is_some_and(|k| carried_context::decode(t, k.subkey(Purpose::Carried)).is_ok())
+        });
+    if !ok {
+        // SAFETY: GUC check-hook error reporting, as PostgreSQL documents it.
+        unsafe {
+            pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+            pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
+                c"tenant_guard.carried_context takes only a context carried by tenant_guard itself".as_ptr(),
+            );
+        }
+    }
+    ok
+}
+
+/// Its assign hook: remember a carried token for this session's
+/// transaction (or forget it), and take it out of what pg_stat_activity
+/// shows. Never raises; the token is judged at its first use.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn assign_carried(newval: *const c_char, _extra: *mut c_void) {
+    // SAFETY: as above.
+    let value = unsafe { newval.as_ref().map(|p| CStr::from_ptr(p).to_bytes()) }.unwrap_or(b"");
+    let c = (!value.is_empty())
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+        .and_then(|t| keyring::try_current().and_then(|k| carried_context::decode(t, k.subkey(Purpose::Carried)).ok()));
+    let held = match c {
+        // The node that made it keeps its own request context.
+        Some(c) if c.origin != citus::system_identifier() => {
+            citus::report_activity(c"SET LOCAL tenant_guard.carried_context = <carried request context>");
+            Some(Held::Pending(c, crate::context::current_binding()))
+        }
+        _ => None,
+    };
+    HELD.with(|h| *h.borrow_mut() = held);
+}
+
+/// The carried context's claims, when this session holds one for its
+/// current transaction (no request context of its own having been set).
+/// Its first use judges it: in the distributed transaction it was made for,
+/// first on this node, not expired. Raises 42501 when it was refused.
+pub fn with_carried<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
+    let binding = crate::context::current_binding();
+    let pending = HELD.with(|h| match &*h.borrow() {
+        Some(Held::Pending(c, b)) if *b == binding => Some(c.clone()),
+        _ => None,
+    });
+    if let Some(c) = pending {
+        let by = Claimant { pid: binding.pid, lxid: binding.lxid };
+        let held = match judge(&c, by) {
+            Verdict::Accepted => Held::Accepted(Claims {
+                org_id: c.org_id,
+                user_id: c.user_id,
+                role: c.role,
+                api_key_id: c.api_key_id,
+                scopes: c.scopes,
+                binding,
+            }),
+            v => Held::Refused(v, binding),
+        };
+        HELD.with(|h| *h.borrow_mut() = Some(held));
+    }
+    HELD.with(|h| match &*h.borrow() {
+        Some(Held::Accepted(c)) if c.binding == binding => Some(f(c)),
+        Some(Held::Refused(v, b)) if *b == binding => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "the request context carried to this node was refused",
+            Some(match v {
+                Verdict::ClaimedElsewhere => {
+                    "Another session on this node used it first: a carried context is used once per node."
+                }
+                Verdict::OtherTransaction => "This session is not in the distributed transaction it was made for.",
+                Verdict::Expired => "It expired before it was used.",
+                _ => "This node's table of carried contexts is full.",
+            }),
+            Some("A carried context is valid only in the distributed transaction it was made for."),
+        ),
+        _ => None,
+    })
+}
+
+// ---------------------------------------------------------------- on the coordinator
+
+thread_local! {
+    /// (local transaction, when) the last carried token was sent in.
+    static SENT: Cell<Option<(u32, i64)>> = const { Cell::new(None) };
+}
+
+/// After the request context was set (or cleared, `None`): carry it to the
+/// workers of this distributed transaction. Only with Citus loaded, and in a
+/// transaction block (Citus replays SET LOCAL there; outside one the context
+/// ends with the statement anyway).
+pub fn carry(claims: Option<&Claims>) {
+    if !citus::loaded() || !citus::in_transaction_block() {
+        return;
+    }
+    let token = match claims {
+        None => String::new(),
+        Some(c) => {
+            let mut nonce = [0u8; 16];
+            getrandom::getrandom(&mut nonce).unwrap_or_else(|_| {
+                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the OS random generator failed", None, None)
+            });
+            // The distributed transaction id, now (Citus would assign it at the
+            // first remote command, and then reuses it): the token is for it.
+            citus::use_coordinated_transaction();
+            let (initiator, number, stamp) = citus::distributed_transaction().unwrap_or_default();
+            let carried = Carried {
+                transaction: Transaction { initiator, number, stamp },
+                org_id: c.org_id,
+                user_id: c.user_id,
+                role: c.role.clone(),
+                api_key_id: c.api_key_id,
+                scopes: c.scopes.clone(),
+                nonce,
+                expires_us: crate::pg::clock::now_us() + carried_context::LIFETIME_US,
+                origin: citus::system_identifier(),
+            };
+            carried_context::encode(&carried, keyring::current().subkey(Purpose::Carried))
+        }
+    };
+    let set = crate::pg::settings::set_as_superuser;
+    set(c"citus.propagate_set_commands", c"local", true);
+    // One connection per worker node: the token is claimed once per node.
+    set(c"citus.max_adaptive_executor_pool_size", c"1", true);
+    // base64url and dots only: nothing to quote.
+    Spi::run(&format!("SET LOCAL tenant_guard.carried_context TO '{token}'")).unwrap_or_else(|e| {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("carrying the request context failed: {e}"), None, None)
+    });
+    SENT.with(|s| s.set(claims.map(|_| (crate::context::current_binding().lxid, crate::pg::clock::now_us()))));
+}
+
+/// Before each statement: a carried token past half its life is replaced
+/// (a worker joining the transaction later must still be able to claim one).
+pub fn refresh_carried(claims: impl FnOnce() -> Option<Claims>) {
+    let Some((lxid, at)) = SENT.with(Cell::get) else { return };
+    if lxid != crate::context::current_binding().lxid {
+        SENT.with(|s| s.set(None));
+        return;
+    }
+    if crate::pg::clock::now_us() - at > carried_context::LIFETIME_US / 2 {
+        if let Some(c) = claims() {
+            carry(Some(&c));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- keeping queries on the tenant's shard
+
+thread_local! {
+    /// A plan of this backend holds an org evaluated from the context.
+    static INJECTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// When the context changes or the transaction ends: plans that hold an org
+/// evaluated from the old context must not be used again.
+pub fn forget_injected_plans() {
+    if INJECTED.with(|i| i.replace(false)) {
+        // SAFETY: marks this backend's cached plans invalid; they are
+        // re-planned at their next use (a plan in use keeps running).
+        unsafe { pg_sys::ResetPlanCache() };
+    }
+}
+
+/// `=(uuid, uuid)` (pg_operator.dat: oid 2972).
+const UUID_EQ_OP: u32 = 2972;
+
+static PREV_PLANNER: std::sync::OnceLock<pg_sys::planner_hook_type> = std::sync::OnceLock::new();
+
+pub fn init() {
+    pgrx::pg_shmem_init!(LOCK);
+    // SAFETY: _PG_init runs once per process before any query; the hook is a
+    // plain global pointer, chained to whatever was there (Citus's planner,
+    // when Citus is loaded first, as it must be).
+    let prev = unsafe { pg_sys::planner_hook };
+    if PREV_PLANNER.set(prev).is_ok() {
+        // SAFETY: as above.
+        unsafe { pg_sys::planner_hook = Some(planner) };
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const c_char,
+    cursor_options: std::ffi::c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    if citus::loaded() {
+        // SAFETY: `parse` is the query being planned, owned by the caller.
+        unsafe { walk(parse.cast(), std::ptr::null_mut()) };
+    }
+    match PREV_PLANNER.get().copied().flatten() {
+        // SAFETY: the previous hook (Citus's), called as PostgreSQL would.
+        Some(prev) => unsafe { prev(parse, query_string, cursor_options, bound_params) },
+        // SAFETY: the standard planner, with PostgreSQL's own arguments.
+        None => unsafe { pg_sys::standard_planner(parse, query_string, cursor_options, bound_params) },
+    }
+}
+
+/// Every Query of the tree (subqueries, CTEs, sublinks): add the org quals.
+#[pg_guard]
+unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: `node` is a valid node of the tree being planned.
+    unsafe {
+        if (*node).type_ == pg_sys::NodeTag::T_Query {
+            let q = node.cast::<pg_sys::Query>();
+            add_org_quals(q);
+            return pg_sys::query_tree_walker(q, Some(walk), ctx, 0);
+        }
+        pg_sys::expression_tree_walker(node, Some(walk), ctx)
+    }
+}
+
+/// The org-column Var and the role of a protect() policy qual
+/// `org_col = tenant_guard.current_org_id_if('<role>')` on range table entry `rti`.
+unsafe fn policy_qual(qual: *mut pg_sys::Node, rti: i32) -> Option<(*mut pg_sys::Var, String)> {
+    // SAFETY: `qual` is a node of a security qual list.
+    unsafe {
+        if qual.is_null() || (*qual).type_ != pg_sys::NodeTag::T_OpExpr {
+            return None;
+        }
+        let op = qual.cast::<pg_sys::OpExpr>();
+        if (*op).opno != pg_sys::Oid::from(UUID_EQ_OP) {
+            return None;
+        }
+        let args = pgrx::PgList::<pg_sys::Node>::from_pg((*op).args);
+        let (mut left, right) = (args.get_ptr(0)?, args.get_ptr(1)?);
+        while !left.is_null() && (*left).type_ == pg_sys::NodeTag::T_RelabelType {
+            left = (*left.cast::<pg_sys::RelabelType>()).arg.cast();
+        }
+        if left.is_null()
+            || (*left).type_ != pg_sys::NodeTag::T_Var
+            || right.is_null()
+            || (*right).type_ != pg_sys::NodeTag::T_FuncExpr
+        {
+            return None;
+        }
+        let var = left.cast::<pg_sys::Var>();
+        if (*var).varno != rti || (*var).varlevelsup != 0 {
+            return None;
+        }
+        let f = right.cast::<pg_sys::FuncExpr>();
+        let name = pg_sys::get_func_name((*f).funcid);
+        if name.is_null() || CStr::from_ptr(name) != c"current_org_id_if" {
+            return None;
+        }
+        let nsp = pg_sys::get_namespace_oid(c"tenant_guard".as_ptr(), true);
+        if pg_sys::get_func_namespace((*f).funcid) != nsp {
+            return None;
+        }
+        let fargs = pgrx::PgList::<pg_sys::Node>::from_pg((*f).args);
+        let c = fargs.get_ptr(0)?;
+        if (*c).type_ != pg_sys::NodeTag::T_Const || (*c.cast::<pg_sys::Const>()).constisnull {
+            return None;
+        }
+        let role = String::from_datum((*c.cast::<pg_sys::Const>()).constvalue, false)?;
+        Some((var, role))
+    }
+}
+
+/// Whether range table entry `rti` is scanned at the top of `q`'s join
+/// tree, or under inner joins only (a WHERE qual on it then means the same
+/// as a qual on its scan).
+unsafe fn scanned_at_top(q: *mut pg_sys::Query, rti: i32) -> bool {
+    unsafe fn inner(node: *mut pg_sys::Node, rti: i32) -> bool {
+        // SAFETY: nodes of a join tree.
+        unsafe {
+            if node.is_null() {
+                return false;
+            }
+            match (*node).type_ {
+                pg_sys::NodeTag::T_RangeTblRef => (*node.cast::<pg_sys::RangeTblRef>()).rtindex == rti,
+                pg_sys::NodeTag::T_JoinExpr => {
+                    let j = node.cast::<pg_sys::JoinExpr>();
+                    (*j).jointype == pg_sys::JoinType::JOIN_INNER && (inner((*j).larg, rti) || inner((*j).rarg, rti))
+                }
+                pg_sys::NodeTag::T_FromExpr => {
+                    let f = node.cast::<pg_sys::FromExpr>();
+                    pgrx::PgList::<pg_sys::Node>::from_pg((*f).fromlist).iter_ptr().any(|n| inner(n, rti))
+                }
+                _ => false,
+            }
+        }
+    }
+    // SAFETY: the query's join tree.
+    unsafe { inner((*q).jointree.cast(), rti) }
+}
+
+unsafe fn add_org_quals(q: *mut pg_sys::Query) {
+    // SAFETY: a valid Query of the tree being planned, in the planner's memory context.
+    unsafe {
+        if (*q).jointree.is_null() {
+            return;
+        }
+        let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+        for (i, rte) in rtable.iter_ptr().enumerate() {
+            let rti = i as i32 + 1;
+            if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION || (*rte).securityQuals.is_null() {
+                continue;
+            }
+            if !citus::is_citus_table((*rte).relid) || !scanned_at_top(q, rti) {
+                continue;
+            }
+            let quals = pgrx::PgList::<pg_sys::Node>::from_pg((*rte).securityQuals);
+            for qual in quals.iter_ptr() {
+                let Some((var, role)) = policy_qual(qual, rti) else { continue };
+                let org = crate::context::current_org_id_if(Some(&role));
+                let value: Option<Uuid> = org;
+                let datum = value.into_datum();
+                let c = pg_sys::makeConst(
+                    pg_sys::UUIDOID,
+                    -1,
+                    pg_sys::InvalidOid,
+                    16,
+                    datum.unwrap_or(pg_sys::Datum::from(0)),
+                    datum.is_none(),
+                    false,
+                );
+                let v = pg_sys::copyObjectImpl(var.cast()).cast::<pg_sys::Expr>();
+                let eq = pg_sys::make_opclause(
+                    pg_sys::Oid::from(UUID_EQ_OP),
+                    pg_sys::BOOLOID,
+                    false,
+                    v,
+                    c.cast(),
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                );
+                (*(*q).jointree).quals = pg_sys::make_and_qual((*(*q).jointree).quals, eq.cast());
+                INJECTED.with(|i| i.set(true));
+            }
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Isolation that survives scale-out: tables distributed with Citus (a
+//! coordinator and two workers), attacked as on one node. Needs Citus 13.2
+//! installed (scripts/setup.sh installs it).
+
+mod common;
+use common::*;
+use postgres::Client;
+use std::sync::OnceLock;
+use tenant_guard_harness::{full_error, sqlstate, CitusCluster};
+
+struct World {
+    citus: CitusCluster,
+    org_a: String,
+    org_b: String,
+}
+
+/// One Citus cluster for this file: two orgs; `docs` protected then
+/// distributed, `notes` distributed then protected; a reference table.
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let citus = CitusCluster::start();
+        let mut dba = citus.connect("dba");
+        let org_a = val(&mut dba, &format!("SELECT tenant_guard.create_organization('Acme', '{OWNER_A}')")).unwrap();
+        let org_b = val(&mut dba, &format!("SELECT tenant_guard.create_organization('Bravo', '{OWNER_B}')")).unwrap();
+        exec(
+            &mut dba,
+            &format!(
+                "INSERT INTO tenant_guard.memberships (org_id, user_id, role) VALUES
+                   ('{org_a}', '{ADMIN_A}', 'admin'), ('{org_a}', '{MEMBER_A}', 'member'), ('{org_a}', '{VIEWER_A}', 'viewer');
+                 BEGIN;
+                 CREATE TABLE docs (org_id uuid NOT NULL, id bigserial, title text NOT NULL, PRIMARY KEY (org_id, id));
+                 SELECT tenant_guard.protect('docs');
+                 COMMIT;
+                 SELECT create_distributed_table('docs', 'org_id');
+                 CREATE TABLE notes (org_id uuid NOT NULL, id bigserial, body text, PRIMARY KEY (org_id, id));
+                 SELECT create_distributed_table('notes', 'org_id', colocate_with => 'docs');
+                 SELECT tenant_guard.protect('notes');
+                 CREATE TABLE categories (id int PRIMARY KEY, name text);
+                 SELECT create_reference_table('categories');
+                 INSERT INTO categories VALUES (1, 'one'), (2, 'two');
+                 INSERT INTO docs (org_id, title) SELECT '{org_a}', 'a-' || g FROM generate_series(1, 30) g;
+                 INSERT INTO docs (org_id, title) SELECT '{org_b}', 'b-' || g FROM generate_series(1, 20) g;
+                 INSERT INTO notes (org_id, body) SELECT '{org_a}', 'note-a-' || g FROM generate_series(1, 5) g;
+                 INSERT INTO notes (org_id, body) SELECT '{org_b}', 'note-b-' || g FROM generate_series(1, 5) g;
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON docs, notes TO app;
+                 GRANT SELECT ON categories TO app;
+                 GRANT USAGE ON SEQUENCE docs_id_seq, notes_id_seq TO app;"
+            ),
+        );
+        World { citus, org_a, org_b }
+    })
+}
+
+/// app on the coordinator, in a transaction, signed in as `user` of `org`.
+fn signed_in(w: &World, org: &str, user: &str) -> Client {
+    let mut c = w.citus.connect("app");
+    begin_as(&mut c, org, user);
+    c
+}
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    val(c, sql).unwrap().parse().unwrap()
+}
+
+#[test]
+fn reads_and_writes_stay_in_the_org_on_every_shard_in_both_orders() {
+    let w = world();
+    for t in ["docs", "notes"] {
+        let (a_rows, b_rows) = if t == "docs" { (30, 20) } else { (5, 5) };
+        // No context: nothing, on any shard.
+        let mut app = w.citus.connect("app");
+        assert_eq!(count(&mut app, &format!("SELECT count(*) FROM {t}")), 0, "{t} without a context");
+        // A's member: A's rows only, through router and multi-shard queries.
+        let mut c = signed_in(w, &w.org_a, MEMBER_A);
+        assert_eq!(count(&mut c, &format!("SELECT count(*) FROM {t}")), a_rows, "{t}");
+        assert_eq!(
+            count(&mut c, &format!("SELECT count(*) FROM {t} WHERE org_id = '{}'", w.org_b)),
+            0,
+            "{t}: router to B's shard"
+        );
+        assert_eq!(
+            count(&mut c, &format!("SELECT count(*) FROM {t} WHERE org_id IN ('{}', '{}')", w.org_a, w.org_b)),
+            a_rows,
+            "{t}: multi-shard"
+        );
+        assert_eq!(count(&mut c, &format!("SELECT count(DISTINCT org_id) FROM {t} WHERE id > 0")), 1);
+        // Writes into B, or out of A into B: refused or nothing touched.
+        let r = c.simple_query(&format!(
+            "SAVEPOINT s; INSERT INTO {t} (org_id, {}) VALUES ('{}', 'x')",
+            if t == "docs" { "title" } else { "body" },
+            w.org_b
+        ));
+        assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{t}: insert into B: {}", full_error(&r));
+        exec(&mut c, "ROLLBACK TO s");
+        assert_eq!(affected(&mut c, &format!("UPDATE {t} SET org_id = org_id WHERE org_id = '{}'", w.org_b)), 0);
+        // (Citus refuses to change a distribution column at all: 0A000.)
+        let r =
+            c.simple_query(&format!("SAVEPOINT s; UPDATE {t} SET org_id = '{}' WHERE org_id = '{}'", w.org_b, w.org_a));
+        assert!(matches!(sqlstate(&r).as_deref(), Some("42501" | "0A000")), "{t}: move rows to B: {}", full_error(&r));
+        exec(&mut c, "ROLLBACK TO s");
+        assert_eq!(affected(&mut c, &format!("DELETE FROM {t} WHERE org_id = '{}'", w.org_b)), 0);
+        exec(&mut c, "COMMIT");
+        // A member deletes nothing (delete needs admin), even in A.
+        let mut c = signed_in(w, &w.org_a, MEMBER_A);
+        assert_eq!(affected(&mut c, &format!("DELETE FROM {t} WHERE org_id = '{}'", w.org_a)), 0);
+        exec(&mut c, "ROLLBACK");
+        // B's owner sees B's rows only.
+        let mut c = signed_in(w, &w.org_b, OWNER_B);
+        assert_eq!(count(&mut c, &format!("SELECT count(*) FROM {t}")), b_rows);
+        exec(&mut c, "COMMIT");
+    }
+    let mut dba = w.citus.connect("dba");
+    assert_eq!(count(&mut dba, "SELECT count(*) FROM docs"), 50, "nothing was lost or moved");
+}
+
+#[test]
+fn insert_select_copy_and_reference_joins_stay_in_the_org() {
+    let w = world();
+    let mut c = signed_in(w, &w.org_a, MEMBER_A);
+    // INSERT ... SELECT between colocated distributed tables, pushed down to
+    // the shards: A's rows only.
+    let n = affected(
+        &mut c,
+        "INSERT INTO notes (org_id, id, body) SELECT org_id, id + 1000, 'copy of ' || title FROM docs",
+    );
+    assert_eq!(n, 30);
+    // Into B: refused (42501 when pushed down; 0A000 when Citus routes it
+    // through the coordinator, below).
+    let r = c.simple_query(&format!(
+        "SAVEPOINT s; INSERT INTO notes (org_id, id, body) SELECT '{}', id + 2000, title FROM docs",
+        w.org_b
+    ));
+    assert!(matches!(sqlstate(&r).as_deref(), Some("42501" | "0A000")), "{}", full_error(&r));
+    exec(&mut c, "ROLLBACK TO s");
+    // One Citus runs through the coordinator (a volatile default: nextval)
+    // writes the shards with COPY, which PostgreSQL refuses under
+    // row-level security: refused, nothing written (docs/citus.md).
+    let r =
+        c.simple_query(&format!("SAVEPOINT s; INSERT INTO notes (org_id, body) SELECT '{}', title FROM docs", w.org_b));
+    assert!(sqlstate(&r).is_some(), "INSERT ... SELECT into B through the coordinator went through");
+    exec(&mut c, "ROLLBACK TO s");
+    // A join with a reference table, and a join of two distributed tables.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs d JOIN categories k ON k.id = 1 + d.id % 2"), 30);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM docs d JOIN notes n USING (org_id) WHERE n.body LIKE 'note-%'"),
+        150
+    );
+    exec(&mut c, "ROLLBACK");
+    // COPY into a protected distributed table: B's rows are refused.
+    let mut c = signed_in(w, &w.org_a, MEMBER_A);
+    let copy = "COPY docs (org_id, title) FROM STDIN";
+    let r = (|| -> Result<u64, postgres::Error> {
+        let mut wr = c.copy_in(copy)?;
+        use std::io::Write;
+        wr.write_all(format!("{}\tsmuggled\n", w.org_b).as_bytes()).unwrap();
+        wr.finish()
+    })();
+    assert!(r.is_err(), "COPY of B's rows from A's context went through");
+    exec(&mut c, "ROLLBACK");
+    let mut dba = w.citus.connect("dba");
+    assert_eq!(count(&mut dba, "SELECT count(*) FROM docs WHERE title = 'smuggled'"), 0);
+}
+
+#[test]
+fn a_forged_or_copied_context_gives_nothing_on_any_node() {
+    let w = world();
+    let mut dba = w.citus.connect("dba");
+    // A forged value: refused by every node.
+    for mut c in [w.citus.connect("app"), w.citus.worker(0, "app")] {
+        let r = c.simple_query("BEGIN; SET LOCAL tenant_guard.carried_context = 'tgc1.e30.AAAA'");
+        assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+        assert!(!full_error(&r).contains("e30"), "the value is not echoed");
+        exec(&mut c, "ROLLBACK");
+        let r = c.simple_query("SET tenant_guard.context = 'v1.e30.AAAA'");
+        assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    }
+    // A genuine token, captured as it is sent (citus.log_remote_commands
+    // shows the session its own remote commands).
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut cfg = postgres::Config::new();
+    cfg.host("127.0.0.1").port(w.citus.coordinator.port).user("app").dbname("postgres");
+    let sink = notices.clone();
+    let mut c = cfg
+        .notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    begin_as(&mut c, &w.org_a, MEMBER_A);
+    exec(&mut c, "SET LOCAL citus.log_remote_commands = on");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs"), 30);
+    let token = notices
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|m| m.split('\'').find(|p| p.starts_with("tgc1.")).map(str::to_string))
+        .expect("the carried context in the remote commands");
+    assert!(token.len() > 40, "{token}");
+    let assign = notices
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|m| {
+            m.find("assign_distributed_transaction_id(").map(|i| m[i..].split(')').next().unwrap().to_string() + ")")
+        })
+        .expect("the distributed transaction id in the remote commands");
+    // Which worker served A's query (holds A's shard of docs).
+    let served = val(
+        &mut dba,
+        &format!(
+            "SELECT n.nodeport FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
+              WHERE s.logicalrelid = 'docs'::regclass AND s.shardid = get_shard_id_for_distribution_column('docs', '{}')",
+            w.org_a
+        ),
+    )
+    .unwrap();
+    // While A's transaction is still open: the token on the node that made
+    // it, and straight on each worker, in other sessions.
+    let mut co = w.citus.connect("app");
+    exec(&mut co, &format!("BEGIN; SET LOCAL tenant_guard.carried_context = '{token}'"));
+    assert_eq!(count(&mut co, "SELECT count(*) FROM docs"), 0, "the coordinator ignores a carried context");
+    exec(&mut co, "ROLLBACK");
+    for (i, wk) in w.citus.workers.iter().enumerate() {
+        let mut wk_app = wk.connect("postgres", "app");
+        exec(&mut wk_app, "SET citus.show_shards_for_app_name_prefixes = '*'");
+        let shard = val(&mut wk_app, "SELECT relname FROM pg_class WHERE relname ~ '^docs_[0-9]+$' LIMIT 1").unwrap();
+        // Outside A's distributed transaction: refused.
+        exec(&mut wk_app, &format!("BEGIN; SET LOCAL tenant_guard.carried_context = '{token}'"));
+        let r = wk_app.simple_query(&format!("SELECT count(*) FROM {shard}"));
+        assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "worker {i}: {}", full_error(&r));
+        exec(&mut wk_app, "ROLLBACK");
+        // Even claiming A's distributed transaction id (any session may call
+        // assign_distributed_transaction_id): refused where A's query ran,
+        // which claimed the token first.
+        if wk.port.to_string() == served {
+            exec(&mut wk_app, &format!("BEGIN; SELECT {assign}; SET LOCAL tenant_guard.carried_context = '{token}'"));
+            let r = wk_app.simple_query(&format!("SELECT count(*) FROM {shard}"));
+            assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "worker {i}: {}", full_error(&r));
+            assert!(full_error(&r).contains("used it first"), "{}", full_error(&r));
+            exec(&mut wk_app, "ROLLBACK");
+        }
+    }
+    exec(&mut c, "COMMIT");
+    // What pg_stat_activity and the server logs hold: never the token.
+    let tail = &token[5..];
+    for (i, wk) in w.citus.workers.iter().enumerate() {
+        let activity = val(&mut w.citus.worker(i, "dba"), "SELECT string_agg(query, ' | ') FROM pg_stat_activity")
+            .unwrap_or_default();
+        assert!(!activity.contains(tail), "the token is in worker {i}'s pg_stat_activity");
+        assert!(!wk.server_log().contains(tail), "the token is in worker {i}'s log");
+    }
+    assert!(!w.citus.coordinator.server_log().contains(tail));
+    // The app role straight on a worker: no way to a context.
+    let mut wk = w.citus.worker(0, "app");
+    let r = wk.simple_query(&format!("SELECT tenant_guard.authenticate_jwt('{}')", token_for(&w.org_a, MEMBER_A)));
+    assert_eq!(sqlstate(&r).as_deref(), Some("28000"), "memberships live on the coordinator");
+    assert_eq!(count(&mut dba, "SELECT count(*) FROM docs"), 50);
+}
+
+#[test]
+fn isolation_holds_after_shard_moves_and_rebalancing_and_drift_is_reported() {
+    let w = world();
+    let mut dba = w.citus.connect("dba");
+    exec(&mut dba, "CREATE TABLE moved (org_id uuid NOT NULL, id int, PRIMARY KEY (org_id, id))");
+    exec(&mut dba, "BEGIN; SELECT tenant_guard.protect('moved'); COMMIT");
+    exec(&mut dba, "SELECT create_distributed_table('moved', 'org_id', shard_count => 4, colocate_with => 'none')");
+    exec(
+        &mut dba,
+        &format!(
+            "INSERT INTO moved SELECT '{}', g FROM generate_series(1, 10) g; INSERT INTO moved SELECT '{}', g FROM generate_series(1, 10) g;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON moved TO app;",
+            w.org_a, w.org_b
+        ),
+    );
+    // Protected before it was distributed: its shards got every policy as
+    // permissive (Citus drops AS RESTRICTIVE): reported, isolation intact.
+    let drift = "SELECT string_agg(level || ' ' || code || ' ' || object, E'\\n') FROM tenant_guard.security_audit()
+                  WHERE code = 'citus_shard_policies_differ' AND object = 'table public.moved'";
+    let found = val(&mut dba, drift).unwrap_or_default();
+    assert!(found.contains("warn citus_shard_policies_differ table public.moved"), "{found}");
+    // Move a shard, then rebalance.
+    let (shard, from, to): (i64, i32, i32) = {
+        let r = rows(
+            &mut dba,
+            "SELECT s.shardid, p.nodeport, (SELECT nodeport FROM pg_dist_node WHERE nodeport <> p.nodeport AND noderole = 'primary' AND shouldhaveshards LIMIT 1)
+               FROM pg_dist_shard s JOIN pg_dist_placement pl USING (shardid) JOIN pg_dist_node p ON p.groupid = pl.groupid
+              WHERE s.logicalrelid = 'moved'::regclass ORDER BY s.shardid LIMIT 1",
+        );
+        (
+            r[0][0].clone().unwrap().parse().unwrap(),
+            r[0][1].clone().unwrap().parse().unwrap(),
+            r[0][2].clone().unwrap().parse().unwrap(),
+        )
+    };
+    exec(
+        &mut dba,
+        &format!("SELECT citus_move_shard_placement({shard}, '127.0.0.1', {from}, '127.0.0.1', {to}, shard_transfer_mode => 'block_writes')"),
+    );
+    exec(&mut dba, "SELECT rebalance_table_shards('moved', shard_transfer_mode => 'block_writes')");
+    let mut c = signed_in(w, &w.org_a, MEMBER_A);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM moved"), 10);
+    assert_eq!(count(&mut c, &format!("SELECT count(*) FROM moved WHERE org_id = '{}'", w.org_b)), 0);
+    exec(&mut c, "COMMIT");
+    // protect() again, now that it is distributed: coordinator and shards agree.
+    exec(&mut dba, "BEGIN; SELECT tenant_guard.protect('moved'); COMMIT");
+    assert_eq!(val(&mut dba, drift), None);
+    let mut c = signed_in(w, &w.org_b, OWNER_B);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM moved"), 10);
+    exec(&mut c, "COMMIT");
+    // A shard policy changed behind Citus's back: an error.
+    exec(
+        &mut dba,
+        "SELECT run_command_on_placements('moved', 'ALTER POLICY tenant_guard_allow_select ON %s USING (true)')",
+    );
+    let found = val(&mut dba, drift).unwrap_or_default();
+    assert!(found.contains("error citus_shard_policies_differ table public.moved"), "{found}");
+    exec(&mut dba, "BEGIN; SELECT tenant_guard.protect('moved'); COMMIT");
+    assert_eq!(val(&mut dba, drift), None);
+}
+
+#[test]
+fn tenant_queries_route_to_the_tenants_shard() {
+    let w = world();
+    let mut c = signed_in(w, &w.org_a, MEMBER_A);
+    let plan = rows(&mut c, "EXPLAIN SELECT count(*) FROM docs")
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("Task Count: 1"), "not pruned to one shard:\n{plan}");
+    let plan = rows(&mut c, "EXPLAIN UPDATE docs SET title = title WHERE id = 1")
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("Task Count: 1"), "not pruned to one shard:\n{plan}");
+    // A prepared statement planned under A is not reused under B.
+    let st = c.prepare("SELECT count(*) FROM docs").unwrap();
+    for _ in 0..6 {
+        assert_eq!(c.query_one(&st, &[]).unwrap().get::<_, i64>(0), 30);
+    }
+    exec(&mut c, "COMMIT");
+    begin_as(&mut c, &w.org_b, OWNER_B);
+    assert_eq!(c.query_one(&st, &[]).unwrap().get::<_, i64>(0), 20, "a plan of A's context was reused");
+    exec(&mut c, "COMMIT");
+    assert_eq!(c.query_one(&st, &[]).unwrap().get::<_, i64>(0), 0, "no context, no rows");
+}
+
+#[test]
+fn the_rest_works_on_the_coordinator() {
+    let w = world();
+    let mut app = w.citus.connect("app");
+    let (key_id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'citus-key'");
+    exec(&mut app, "BEGIN");
+    assert_eq!(auth(&mut app, &key).unwrap(), w.org_a);
+    assert_eq!(count(&mut app, "SELECT count(*) FROM docs"), 30);
+    exec(&mut app, "COMMIT");
+    let mut svc = w.citus.connect("svc");
+    exec(&mut svc, &format!("SELECT tenant_guard.put_secret_for('{}', 'stripe', 'citus', 'sk_citus_000111')", w.org_a));
+    assert_eq!(
+        val(&mut svc, &format!("SELECT tenant_guard.get_secret('{}', 'stripe', 'citus')", w.org_a)).as_deref(),
+        Some("sk_citus_000111")
+    );
+    assert_eq!(val(&mut svc, "SELECT tenant_guard.rate_limit('citus-test', 1, '1 minute')").as_deref(), Some("t"));
+    assert_eq!(val(&mut svc, "SELECT tenant_guard.rate_limit('citus-test', 1, '1 minute')").as_deref(), Some("f"));
+    let mut dba = w.citus.connect("dba");
+    poll(
+        &mut dba,
+        &format!("SELECT count(*) FROM tenant_guard.request_log WHERE api_key_id = '{key_id}'"),
+        20,
+        "the request log on the coordinator",
+        |v| v != "0",
+    );
+    poll(
+        &mut dba,
+        "SELECT count(*) FROM tenant_guard.audit_log WHERE action = 'get_secret' AND object_name = 'citus'",
+        20,
+        "the audit trail on the coordinator",
+        |v| v != "0",
+    );
+    assert_eq!(val(&mut dba, "SELECT verified FROM tenant_guard.verify_audit_log()").as_deref(), Some("t"));
+    // tenant_guard's own tables are local to the coordinator.
+    assert_eq!(
+        count(
+            &mut dba,
+            "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::regclass::text LIKE 'tenant_guard.%'"
+        ),
+        0
+    );
+}
