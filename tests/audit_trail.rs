@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use postgres::Client;
-use tenant_guard_harness::{cluster, sqlstate, Cluster, Db, Options, JWT_SECRET, PASSPHRASE};
+use tenant_guard_harness::{cluster, full_error, sqlstate, Cluster, Db, Options, JWT_SECRET, PASSPHRASE};
 
 /// Wait until the trail holds at least `n` entries matching `filter`.
 fn wait_entries(db: &Db, filter: &str, n: usize) {
@@ -496,5 +496,131 @@ fn rotation_reseals_the_trail() {
         val(&mut dba, "SELECT count(DISTINCT key_id) FROM tenant_guard.audit_log").as_deref(),
         Some("1"),
         "every entry under the new key"
+    );
+}
+
+/// What the first black-box review of the trail found, each closed: no role
+/// can stall the writer (its advisory lock is gone: writers take turns in
+/// shared memory); a read the trail cannot record is refused, not returned;
+/// a commit reserves room for its changes' entries first, and one
+/// transaction may make at most 1,024 audited changes.
+#[test]
+fn the_trail_cannot_be_stalled_or_overflowed_into_silence() {
+    let c = Cluster::start(Options::default());
+    let db = c.fresh_db();
+    let w = world(&db);
+    let mut svc = db.svc();
+    exec(&mut svc, &format!("SELECT tenant_guard.put_secret_for('{}', 'stripe', 'st', 'sk_stall_0001')", w.org_a));
+    // The writer's old advisory lock, held by another role: entries still come.
+    let mut app = db.app();
+    exec(&mut app, "SELECT pg_advisory_lock(8387779987824538624)");
+    exec(&mut svc, &format!("SELECT tenant_guard.get_secret('{}', 'stripe', 'st')", w.org_a));
+    wait_entries(&db, "action = 'get_secret' AND object_name = 'st'", 1);
+    // A writer held up for real (a superuser's lock on the table): reads are
+    // recorded or refused (53000), never returned unrecorded.
+    let mut dba = db.dba();
+    let mut locker = db.dba();
+    exec(&mut locker, "BEGIN; LOCK tenant_guard.audit_log IN SHARE MODE");
+    let mut returned = 0;
+    let refused = loop {
+        let r = svc.simple_query(&format!("SELECT tenant_guard.get_secret('{}', 'stripe', 'st')", w.org_a));
+        match sqlstate(&r) {
+            None => returned += 1,
+            Some(code) => break code,
+        }
+        assert!(returned < 20_000, "the queue never filled");
+    };
+    assert_eq!(refused, "53000");
+    exec(&mut locker, "COMMIT");
+    wait_entries(&db, "action = 'get_secret' AND object_name = 'st'", returned + 1);
+    // Commits reserve room first: too many audited changes in one transaction are refused.
+    let mut a = db.app();
+    begin_as(&mut a, &w.org_a, ADMIN_A);
+    let r = a.simple_query(
+        "SELECT count(tenant_guard.put_secret('noise', 'n' || i, 'v')) FROM generate_series(1, 1100) i; COMMIT",
+    );
+    assert_eq!(sqlstate(&r).as_deref(), Some("54000"), "{}", full_error(&r));
+    let lost: i64 = dba.query_one("SELECT lost FROM tenant_guard.audit_log_queue()", &[]).unwrap().get(0);
+    assert_eq!(lost, 0, "no allowed entry lost");
+    assert_eq!(val(&mut dba, "SELECT dropped FROM tenant_guard.request_log_queue()").as_deref(), Some("0"));
+}
+
+/// The rest of the review: a superuser's ALTER ROLE ALL, parameter grants
+/// and function SET clauses that switch the trail off are reported (and a
+/// granted SET is refused anyway); a URL with a password never reaches the
+/// trail; a tampered anchor gives no XX000; SET SESSION AUTHORIZATION does
+/// not hide the login role; protect()'s PUBLIC helper files no fake entry.
+#[test]
+fn review_findings_stay_fixed() {
+    // Its own cluster: ALTER ROLE ALL and parameter grants are cluster-wide.
+    let c = Cluster::start(Options::default());
+    let db = c.fresh_db();
+    let w = world(&db);
+    let mut dba = db.dba();
+    let codes = |dba: &mut Client| {
+        val(dba, "SELECT string_agg(code || ' ' || object, ', ' ORDER BY code, object) FROM tenant_guard.security_audit() WHERE code IN ('audit_trail_off', 'setting_granted')")
+            .unwrap_or_default()
+    };
+    exec(&mut dba, "ALTER ROLE ALL SET tenant_guard.audit = off");
+    let found = codes(&mut dba);
+    exec(&mut dba, "ALTER ROLE ALL RESET tenant_guard.audit");
+    assert!(found.contains("audit_trail_off setting tenant_guard.audit for every role"), "{found}");
+    exec(&mut dba, "GRANT SET ON PARAMETER tenant_guard.audit, tenant_guard.jwt_secret TO svc");
+    let mut svc = db.svc();
+    for sql in
+        ["SET tenant_guard.audit = off", "SET tenant_guard.jwt_secret = 'svc-own-secret-0123456789abcdefghijklmn'"]
+    {
+        assert_eq!(sqlstate(&svc.simple_query(sql)).as_deref(), Some("42501"), "{sql}");
+    }
+    exec(
+        &mut dba,
+        "CREATE FUNCTION public.quiet() RETURNS int LANGUAGE sql SET tenant_guard.audit = off AS 'SELECT 1'",
+    );
+    let found = codes(&mut dba);
+    exec(
+        &mut dba,
+        "REVOKE SET ON PARAMETER tenant_guard.audit, tenant_guard.jwt_secret FROM svc; DROP FUNCTION public.quiet()",
+    );
+    for want in [
+        "setting_granted setting tenant_guard.audit",
+        "setting_granted setting tenant_guard.jwt_secret",
+        "audit_trail_off function public.quiet()",
+    ] {
+        assert!(found.contains(want), "{want} in {found}");
+    }
+    // A WordPress password inside a refused site URL.
+    let mut app = db.app();
+    begin_as(&mut app, &w.org_a, ADMIN_A);
+    let r = app.simple_query(
+        "SELECT tenant_guard.put_wordpress_credentials('https://bot:PwInUrl-9876 xyz@blog.example.com', 'bot', 'x')",
+    );
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    exec(&mut app, "ROLLBACK");
+    wait_entries(&db, "action = 'put_wordpress_credentials' AND outcome = 'refused'", 1);
+    let table = val(&mut dba, "SELECT string_agg(l::text, E'\\n') FROM tenant_guard.audit_log l").unwrap();
+    assert!(!table.contains("PwInUrl"), "a password in the trail");
+    // Under SET SESSION AUTHORIZATION the login role is still the superuser's.
+    exec(&mut dba, &format!("SET SESSION AUTHORIZATION svc; SELECT tenant_guard.get_secret('{}', 'x', 'ssa'); RESET SESSION AUTHORIZATION", w.org_a));
+    wait_entries(&db, "object_name = 'ssa'", 1);
+    let who = rows(&mut dba, "SELECT db_role, session_role FROM tenant_guard.audit_log WHERE object_name = 'ssa'");
+    assert_eq!(who[0], vec![Some("svc".to_string()), Some("dba".to_string())]);
+    // A tampered anchor at the largest position: reported, no XX000.
+    exec(&mut dba, "SELECT tenant_guard.purge_audit_log('0')");
+    exec(&mut dba, "BEGIN; UPDATE tenant_guard.audit_log_anchor SET seq = 9223372036854775807");
+    let r = rows(&mut dba, "SELECT verified, problem FROM tenant_guard.verify_audit_log()");
+    exec(&mut dba, "ROLLBACK");
+    assert_eq!(r[0][0].as_deref(), Some("f"));
+    assert!(r[0][1].as_deref().unwrap_or("").starts_with("anchor"), "{r:?}");
+    let r = dba.simple_query("SELECT * FROM tenant_guard.verify_audit_log(-1, sha256('x'))");
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
+    // protect()'s PUBLIC helper: no entry for a relation that does not
+    // exist, nor for a temporary table.
+    let before = val(&mut dba, "SELECT count(*) FROM tenant_guard.audit_log WHERE object_type = 'table'").unwrap();
+    exec(&mut app, "SELECT tenant_guard._trail_protect(4000000000::oid, 'unprotect', '42501')");
+    exec(&mut app, "CREATE TEMP TABLE t (org_id uuid); SELECT tenant_guard.protect('t'), tenant_guard.unprotect('t')");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        val(&mut dba, "SELECT count(*) FROM tenant_guard.audit_log WHERE object_type = 'table'").unwrap(),
+        before
     );
 }

@@ -258,6 +258,9 @@ pub fn verify(
                 return Report { verified: 0, problem: Some(Problem::Anchor), last_seq: a.seq, last_chain: GENESIS };
             }
             let chain = chain.expect("checked");
+            let Some(first) = a.seq.checked_add(1) else {
+                return Report { verified: 0, problem: Some(Problem::Anchor), last_seq: a.seq, last_chain: GENESIS };
+            };
             if let Some((k, c)) = known {
                 if k == a.seq && c != chain {
                     return Report {
@@ -268,7 +271,7 @@ pub fn verify(
                     };
                 }
             }
-            (a.seq + 1, chain)
+            (first, chain)
         }
     };
     let mut verified = 0u64;
@@ -308,7 +311,7 @@ pub fn verify(
             return done(verified, Problem::Diverged { seq }, expected, chain);
         }
         chain = next;
-        expected += 1;
+        expected = expected.saturating_add(1);
         verified += 1;
     }
     let end = head.into_iter().chain(known.map(|(k, _)| k)).max();
@@ -507,6 +510,10 @@ mod tests {
         // Purged through 2: the anchor carries entry 2's chain value.
         let c2: [u8; 32] = rows[1].chain.as_slice().try_into().unwrap();
         let anchor = Anchor { seq: 2, chain: c2.to_vec(), key_id: 1, mac: anchor_mac(&KEY, 2, &c2).to_vec() };
+        // The largest position, sealed: no room after it (and no overflow).
+        let last =
+            Anchor { seq: i64::MAX, chain: c2.to_vec(), key_id: 1, mac: anchor_mac(&KEY, i64::MAX, &c2).to_vec() };
+        assert_eq!(verify(Some(&last), rows.clone(), keys, None, None).problem, Some(Problem::Anchor));
         let rest = rows[2..].to_vec();
         assert_eq!(verify(Some(&anchor), rest.clone(), keys, Some(3), None).problem, None);
         // An anchor moved forward (more entries deleted) does not verify.

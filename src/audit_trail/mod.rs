@@ -212,8 +212,9 @@ fn current_ctx() -> Ctx {
 }
 
 /// The queue entry for `ev`, stamped now with who is acting: the role in
-/// effect outside any SECURITY DEFINER function (SET ROLE counts), the
-/// session's login role, and the request context `ctx` they had.
+/// effect outside any SECURITY DEFINER function (SET ROLE and SET SESSION
+/// AUTHORIZATION count), the session's login role, and the request context
+/// `ctx` they had.
 fn entry(ev: &Event, outcome: Outcome, sqlstate: Option<&str>, ctx: Ctx) -> Entry {
     let mut e = request_log::audit_entry(ev.action, outcome != Outcome::Allowed);
     e.set_outcome(outcome as u8, outcome != Outcome::Allowed);
@@ -228,8 +229,9 @@ fn entry(ev: &Event, outcome: Outcome, sqlstate: Option<&str>, ctx: Ctx) -> Entr
             f.ctx_user = u;
         }
     }
-    // SAFETY: plain reads of this backend's user ids.
-    let (outer, session) = unsafe { (pg_sys::GetOuterUserId(), pg_sys::GetSessionUserId()) };
+    // SAFETY: plain reads of this backend's user ids. The login role is the
+    // authenticated one (SET SESSION AUTHORIZATION changes the session user).
+    let (outer, session) = unsafe { (pg_sys::GetOuterUserId(), pg_sys::GetAuthenticatedUserId()) };
     for (oid, buf, len) in [(outer, &mut f.role, &mut f.role_len), (session, &mut f.session, &mut f.session_len)] {
         let n = role_name(oid);
         let n = cut(&n, ROLE_MAX);
@@ -300,21 +302,37 @@ fn enabled() -> bool {
 
 /// Record `ev` now (it survives the transaction's rollback). Waits for room
 /// in the queue when it is full (back-pressure), as the request log does.
-pub fn record(ev: &Event, outcome: Outcome, sqlstate: Option<&str>) {
-    record_as(ev, outcome, sqlstate, current_ctx());
+pub fn record(ev: &Event, outcome: Outcome, sqlstate: Option<&str>) -> bool {
+    record_as(ev, outcome, sqlstate, current_ctx())
 }
 
-fn record_as(ev: &Event, outcome: Outcome, sqlstate: Option<&str>, ctx: Ctx) {
+/// Queue `ev` now; false when it could not be queued (and was counted lost).
+fn record_as(ev: &Event, outcome: Outcome, sqlstate: Option<&str>, ctx: Ctx) -> bool {
     if !enabled() || crate::pg::in_recovery() {
-        return;
+        return true;
     }
-    request_log::enqueue(entry(ev, outcome, sqlstate, ctx), true);
+    request_log::enqueue(entry(ev, outcome, sqlstate, ctx), true)
 }
+
+/// An allowed read: queued, or (no room) counted as a refusal's loss, for
+/// the caller refuses the read.
+fn record_read(ev: &Event, ctx: Ctx) -> bool {
+    if !enabled() || crate::pg::in_recovery() {
+        return true;
+    }
+    request_log::enqueue_read(entry(ev, Outcome::Allowed, None, ctx))
+}
+
+/// Most audited writes one transaction may make: their entries are queued
+/// together at commit, into room reserved for them just before it.
+pub const MAX_WRITES_PER_TRANSACTION: usize = 1024;
 
 thread_local! {
     /// Writes of this transaction, by the subtransaction that made them,
     /// recorded when it ends (allowed at commit, rolled_back otherwise).
     static PENDING: RefCell<Vec<(pg_sys::SubTransactionId, Entry)>> = const { RefCell::new(Vec::new()) };
+    /// Room reserved in the queue for PENDING at pre-commit, not used yet.
+    static RESERVED: Cell<usize> = const { Cell::new(0) };
     /// rotate_secrets() is re-encrypting: its row writes are one event, the run.
     static REKEYING: Cell<bool> = const { Cell::new(false) };
 }
@@ -331,10 +349,38 @@ pub fn note_write(ev: &Event) {
     PENDING.with(|p| p.borrow_mut().push((sub, e)));
 }
 
+/// Before commit (where waiting and failing are still allowed): reserve
+/// room in the queue for this transaction's audited writes, so that at
+/// commit, where nothing may wait or fail, none is lost. Refuses the commit
+/// when there are too many, or no room comes within a second.
+fn reserve_for_commit() {
+    let n = PENDING.with(|p| p.borrow().len());
+    if n == 0 {
+        return;
+    }
+    if n > MAX_WRITES_PER_TRANSACTION {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("this transaction made {n} audited changes; at most {MAX_WRITES_PER_TRANSACTION} can be committed together"),
+            None,
+            Some("Split the work into smaller transactions."),
+        );
+    }
+    if !request_log::reserve(n) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+            "the audit trail has no room to record this transaction's changes now",
+            Some("The log queue stayed full for a second: its writer is not keeping up, or cannot write."),
+            Some("Retry; if it persists, look at tenant_guard.audit_log_queue() and the server log."),
+        );
+    }
+    RESERVED.with(|r| r.set(r.get() + n));
+}
+
 /// Queue pending writes (those of `sub`, or all) with `outcome`, without
 /// waiting: this runs in commit and abort callbacks, where nothing may
-/// wait or fail. An entry that finds no room is counted as lost, and the
-/// trail records the loss.
+/// wait or fail. Room reserved before commit is used first; an entry that
+/// finds no room is counted as lost, and the trail records the loss.
 fn flush(sub: Option<pg_sys::SubTransactionId>, outcome: Outcome) {
     let taken: Vec<Entry> = PENDING.with(|p| {
         let mut p = p.borrow_mut();
@@ -344,7 +390,18 @@ fn flush(sub: Option<pg_sys::SubTransactionId>, outcome: Outcome) {
     });
     for mut e in taken {
         e.set_outcome(outcome as u8, outcome != Outcome::Allowed);
-        request_log::enqueue(e, false);
+        if RESERVED.with(|r| r.get()) > 0 {
+            RESERVED.with(|r| r.set(r.get() - 1));
+            request_log::enqueue_reserved(e);
+        } else {
+            request_log::enqueue(e, false);
+        }
+    }
+    if sub.is_none() {
+        let left = RESERVED.with(|r| r.replace(0));
+        if left > 0 {
+            request_log::unreserve(left);
+        }
     }
 }
 
@@ -352,6 +409,7 @@ fn flush(sub: Option<pg_sys::SubTransactionId>, outcome: Outcome) {
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => reserve_for_commit(),
         // PREPARE: recorded as allowed (a COMMIT PREPARED may come from elsewhere).
         XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => {
             REKEYING.with(|r| r.set(false));
@@ -436,14 +494,20 @@ pub fn guarded<R>(kind: Kind, mut ev: Event, body: impl FnOnce(&mut Event) -> R)
                 | pg_sys::panic::CaughtError::ErrorReport(r)
                 | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.sql_error_code(),
             };
-            record_as(&cell.0.borrow(), Outcome::Refused, Some(&sqlstate_of(code)), ctx);
+            let _ = record_as(&cell.0.borrow(), Outcome::Refused, Some(&sqlstate_of(code)), ctx);
             e.rethrow()
         })
         .execute();
     match kind {
-        Kind::Read => record_as(&ev, Outcome::Allowed, None, ctx),
+        // A read the trail cannot record is not returned: it fails closed.
+        Kind::Read if !record_read(&ev, ctx) => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+            format!("{} is audited, and the audit trail has no room to record it now", ev.action),
+            Some("The log queue stayed full for a second: its writer is not keeping up, or cannot write."),
+            Some("Retry; if it persists, look at tenant_guard.audit_log_queue() and the server log."),
+        ),
+        Kind::Read | Kind::Write => {}
         Kind::WriteRun => note_write(&ev),
-        Kind::Write => {}
     }
     r
 }
@@ -486,7 +550,9 @@ pub fn _trail_note(
     };
     match sqlstate {
         None => note_write(&ev),
-        Some(code) => record(&ev, Outcome::Refused, Some(code)),
+        Some(code) => {
+            let _ = record(&ev, Outcome::Refused, Some(code));
+        }
     }
 }
 
@@ -514,21 +580,36 @@ fn relation_name(oid: pg_sys::Oid) -> String {
 /// rights, so any role may call this): record the call on `tbl`. Allowed
 /// (no `sqlstate`) only for the table's owner, and only as it now stands
 /// (protect()'s policies in place, or none left), so nobody can file a
-/// false entry; a refusal is recorded as the caller's own.
+/// false entry. A refusal is the caller's own report, recorded as theirs,
+/// and only for a table that exists (or none given). Temporary tables are
+/// not recorded.
 #[pg_extern(volatile, parallel_unsafe)]
 pub fn _trail_protect(tbl: Option<pg_sys::Oid>, action: Option<&str>, sqlstate: default!(Option<&str>, "NULL")) {
     let action = match action {
         Some(a @ ("protect" | "unprotect")) => a,
         _ => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "action must be protect or unprotect", None, None),
     };
-    let name = tbl.map(relation_name);
+    // SAFETY: catalog lookups: the relkind of a relation ('\0' when it is
+    // missing), and then (it exists) its persistence.
+    let (kind, persistence) = tbl.map_or((0, 0), |t| unsafe {
+        let k = pg_sys::get_rel_relkind(t) as u8;
+        (k, if k == 0 { 0 } else { pg_sys::get_rel_persistence(t) as u8 })
+    });
+    if persistence == b't' {
+        return;
+    }
+    let name = tbl.filter(|_| kind != 0).map(relation_name);
     let ev = Event::new(action, None, "table");
-    let ev = match &name {
+    let mut ev = match &name {
         Some(n) => ev.name(n),
         None => ev,
     };
     if let Some(code) = sqlstate {
-        record(&ev, Outcome::Refused, Some(cut(code, 5)));
+        if tbl.is_some() && kind == 0 {
+            return;
+        }
+        ev.detail = Some("reported by the caller".into());
+        let _ = record(&ev, Outcome::Refused, Some(cut(code, 5)));
         return;
     }
     let Some(tbl) = tbl else {
@@ -579,11 +660,6 @@ impl Head {
 
 /// What a batch leaves the chain at: (table, position, chain value).
 pub type Written = (u32, i64, [u8; 32]);
-
-/// The writers of one database take turns (a transaction-scoped advisory
-/// lock, in the writer's database): each continues the chain where the
-/// last one committed it.
-const WRITER_LOCK: i64 = 0x7467_6175_6469_7400; // "tgaudit\0"
 
 fn audit_log_oid() -> pg_sys::Oid {
     crate::pg::index_lookup::table_oid(c"audit_log").unwrap_or_else(|| {
@@ -638,24 +714,44 @@ fn lost_entry(lost: u64) -> Entry {
 /// any. Returns where the chain now ends, for [`committed`].
 pub fn write_batch(entries: &[Entry], lost: u64) -> Option<Written> {
     let db = crate::pg::database_id();
-    let rel = audit_log_oid();
-    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[WRITER_LOCK.into()])
-        .expect("taking the audit writer's lock");
+    // An older schema (a 0.1.0 catalog before ALTER EXTENSION ... UPDATE)
+    // has no trail: its entries are lost, and counted, not a failed batch.
+    let Some(rel) = crate::pg::index_lookup::table_oid(c"audit_log") else {
+        request_log::count_lost(db, entries.len() as u64);
+        return None;
+    };
+    // The writers of one database take turns: the one that holds the head
+    // (in shared memory, where no role can take it) writes, the next waits
+    // for it to commit or die. Each continues the chain where the last one
+    // committed it.
     let me = crate::pg::pid();
-    let known = request_log::with_head(db, |h| {
-        let v = (h.state == 1 && h.rel == rel.to_u32()).then_some((h.seq, h.chain));
-        h.state = 2;
-        h.pid = me;
-        v
-    });
+    let known = loop {
+        let taken = request_log::with_head(db, |h| {
+            if h.state == 2 && h.pid != me && h.pid != 0 && crate::pg::backend_alive(h.pid) {
+                return None;
+            }
+            let v = (h.state == 1 && h.rel == rel.to_u32()).then_some((h.seq, h.chain));
+            h.state = 2;
+            h.pid = me;
+            Some(v)
+        });
+        match taken {
+            Some(v) => break v,
+            None => {
+                // SAFETY: a plain sleep.
+                unsafe { pg_sys::pg_usleep(10_000) };
+                pg_sys::check_for_interrupts!();
+            }
+        }
+    };
     let (mut seq, prev) = known.unwrap_or_else(head_from_table);
     let mut all: Vec<audit_chain::Entry> = Vec::with_capacity(entries.len() + 1);
     if lost > 0 {
-        seq += 1;
+        seq = seq.saturating_add(1);
         all.push(chain_entry(&lost_entry(lost), seq));
     }
     for e in entries {
-        seq += 1;
+        seq = seq.saturating_add(1);
         all.push(chain_entry(e, seq));
     }
     let keys = keyring::try_current();
@@ -728,13 +824,18 @@ fn insert(all: &[audit_chain::Entry], sealed: &[audit_chain::Seal], key_id: Opti
 
 // ---------------------------------------------------------------- SQL functions
 
-/// Audit entries lost since the server started (queue full at commit, or a
-/// writer that failed), and queued now; service role.
+/// Audit entries queued now; lost since the server started: allowed ones
+/// (a writer that failed), and refusals or rollbacks (the queue's share for
+/// them was full); and lost but not yet recorded in their trail. Service role.
 #[pg_extern(volatile, parallel_unsafe)]
-fn audit_log_queue() -> TableIterator<'static, (name!(queued, i64), name!(lost, i64), name!(lost_unrecorded, i64))> {
+#[allow(clippy::type_complexity)] // the SQL result row
+fn audit_log_queue() -> TableIterator<
+    'static,
+    (name!(queued, i64), name!(lost, i64), name!(lost_failures, i64), name!(lost_unrecorded, i64)),
+> {
     let (_, audit) = request_log::queued();
-    let (lost, unrecorded) = request_log::audit_losses();
-    TableIterator::once((audit as i64, lost as i64, unrecorded as i64))
+    let (lost, failures, unrecorded) = request_log::audit_losses();
+    TableIterator::once((audit as i64, lost as i64, failures as i64, unrecorded as i64))
 }
 
 fn stored_from(r: &pgrx::spi::SpiHeapTupleData) -> Result<Stored, pgrx::spi::SpiError> {
@@ -814,10 +915,10 @@ fn verify_audit_log(
 > {
     let known = match (known_seq, known_chain) {
         (None, None) => None,
-        (Some(s), Some(c)) if c.len() == 32 => Some((s, c.try_into().expect("32 bytes"))),
+        (Some(s), Some(c)) if c.len() == 32 && s >= 0 => Some((s, c.try_into().expect("32 bytes"))),
         _ => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "known_seq and known_chain go together, known_chain being the 32-byte head_chain of an earlier verification",
+            "known_seq and known_chain go together: a position (0 or more) and the 32-byte head_chain an earlier verification gave",
             None,
             None,
         ),
@@ -857,15 +958,19 @@ fn verify_audit_log(
     .unwrap_or_else(|e| {
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the audit log failed: {e}"), None, None)
     });
-    let first = anchor.as_ref().map_or(1, |a| a.seq + 1);
+    let first = anchor.as_ref().map_or(1, |a| a.seq.saturating_add(1));
     let mut covers = format!(
         "Entries {first} to {} ({} verified): their content, order and completeness, against anyone who does not hold the \
          passphrase (a superuser can read it, and so could re-seal a forged log). Entries removed from the end are caught \
          against the writer's position since the server started",
         report.last_seq, report.verified
     );
-    if let Some((k, _)) = known {
-        covers.push_str(&format!(" and against the known position {k}"));
+    match (known, &anchor) {
+        (Some((k, _)), Some(a)) if k < a.seq => {
+            covers.push_str(&format!(" (the known position {k} was purged, so it could not be checked)"))
+        }
+        (Some((k, _)), _) => covers.push_str(&format!(" and against the known position {k}")),
+        _ => {}
     }
     covers.push('.');
     if let Some(a) = &anchor {

@@ -32,6 +32,12 @@ pub fn pid() -> i32 {
     unsafe { pg_sys::MyProcPid }
 }
 
+/// Whether a backend (or background worker) with this pid is running.
+pub fn backend_alive(pid: i32) -> bool {
+    // SAFETY: looks the pid up in the proc array under its lock.
+    !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
+}
+
 /// Whether this server is a standby in recovery.
 pub fn in_recovery() -> bool {
     // SAFETY: reads shared state under PostgreSQL's own locking.

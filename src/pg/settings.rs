@@ -123,6 +123,12 @@ unsafe extern "C-unwind" fn check_secret(
     source: pg_sys::GucSource::Type,
 ) -> bool {
     use pg_sys::GucSource::*;
+    if set_by_non_superuser(source) {
+        return check_fail(
+            c"only a superuser may set tenant_guard secret settings",
+            c"A grant of SET on this parameter does not extend to it (security_audit() reports such grants).",
+        );
+    }
     match source {
         PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER => check_fail(
             c"tenant_guard secret settings cannot be set with ALTER ROLE, ALTER DATABASE or a function's SET clause",
@@ -130,6 +136,57 @@ unsafe extern "C-unwind" fn check_secret(
         ),
         _ => true,
     }
+}
+
+/// A non-superuser's SET (possible with GRANT SET ON PARAMETER) of a
+/// tenant_guard setting that only superusers may change.
+unsafe fn set_by_non_superuser(source: pg_sys::GucSource::Type) -> bool {
+    use pg_sys::GucSource::*;
+    // During a transaction only (the configuration files are read at start-up
+    // and on reload, outside one, as the server).
+    matches!(source, PGC_S_SESSION | PGC_S_CLIENT | PGC_S_OVERRIDE)
+        && pg_sys::IsTransactionState()
+        && !pg_sys::superuser()
+}
+
+/// Check hook of the superuser-only settings that are not secret.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_superuser_only_string(
+    _newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    !set_by_non_superuser(source)
+        || check_fail(
+            c"only a superuser may set tenant_guard settings",
+            c"A grant of SET on this parameter does not extend to it (security_audit() reports such grants).",
+        )
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_superuser_only_bool(
+    _newval: *mut bool,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    !set_by_non_superuser(source)
+        || check_fail(
+            c"only a superuser may set tenant_guard settings",
+            c"A grant of SET on this parameter does not extend to it (security_audit() reports such grants).",
+        )
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_superuser_only_enum(
+    _newval: *mut std::ffi::c_int,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    !set_by_non_superuser(source)
+        || check_fail(
+            c"only a superuser may set tenant_guard settings",
+            c"A grant of SET on this parameter does not extend to it (security_audit() reports such grants).",
+        )
 }
 
 #[pg_guard]
@@ -197,37 +254,53 @@ pub fn init() {
             Some(crate::citus::assign_carried),
             None,
         );
-        GucRegistry::define_string_guc(
-            c"tenant_guard.jwt_audience",
-            c"When set, authenticate_jwt() requires the token's aud to contain this value.",
-            c"",
-            &JWT_AUDIENCE,
-            GucContext::Suset,
-            GucFlags::empty(),
-        );
-        GucRegistry::define_string_guc(
-            c"tenant_guard.jwt_issuer",
-            c"When set, authenticate_jwt() requires the token's iss to equal this value.",
-            c"",
-            &JWT_ISSUER,
-            GucContext::Suset,
-            GucFlags::empty(),
-        );
-        GucRegistry::define_bool_guc(
+        // Superuser-only, and refused to anyone else even with a GRANT SET
+        // ON PARAMETER (the check hooks).
+        for (name, short, setting) in [
+            (
+                c"tenant_guard.jwt_audience",
+                c"When set, authenticate_jwt() requires the token's aud to contain this value.",
+                &JWT_AUDIENCE,
+            ),
+            (
+                c"tenant_guard.jwt_issuer",
+                c"When set, authenticate_jwt() requires the token's iss to equal this value.",
+                &JWT_ISSUER,
+            ),
+        ] {
+            GucRegistry::define_string_guc_with_hooks(
+                name,
+                short,
+                c"",
+                setting,
+                GucContext::Suset,
+                GucFlags::empty(),
+                Some(check_superuser_only_string),
+                None,
+                None,
+            );
+        }
+        GucRegistry::define_bool_guc_with_hooks(
             c"tenant_guard.audit",
             c"Record privileged actions (secret reads, assume, member, key, endpoint and secret changes) in tenant_guard.audit_log.",
             c"On by default; only a superuser may turn it off, and security_audit() reports it.",
             &AUDIT,
             GucContext::Suset,
             GucFlags::empty(),
+            Some(check_superuser_only_bool),
+            None,
+            None,
         );
-        GucRegistry::define_enum_guc(
+        GucRegistry::define_enum_guc_with_hooks(
             c"tenant_guard.require_protection",
             c"off, warn or error: what to do when a new table with an org_id column is committed without protect().",
             c"",
             &REQUIRE_PROTECTION,
             GucContext::Suset,
             GucFlags::empty(),
+            Some(check_superuser_only_enum),
+            None,
+            None,
         );
         for (name, short, setting) in &AUDIT_THRESHOLDS {
             GucRegistry::define_int_guc(name, short, c"", setting, 1, 36500, GucContext::Suset, GucFlags::empty());

@@ -147,8 +147,15 @@ pub struct LogState {
     /// Audit entries lost (queue full at commit, or a writer that failed),
     /// per database, not yet recorded in that database's trail.
     audit_lost: [(u32, u64); WORKERS],
-    /// Audit entries lost since the server started, all databases.
+    /// Audit entries lost since the server started, all databases: allowed
+    /// entries (and batches a writer could not commit), and refusals or
+    /// rollbacks (which anyone can make in bulk).
     audit_dropped: u64,
+    audit_failures_dropped: u64,
+    /// Room promised to transactions between their pre-commit and commit
+    /// (audit_trail: their writes' entries are queued at commit, which
+    /// must not wait or fail).
+    reserved: usize,
     /// Where each database's audit chain ends, as its writer last committed it.
     heads: [crate::audit_trail::Head; WORKERS],
 }
@@ -169,6 +176,8 @@ impl LogState {
             queued: 0,
             audit_lost: [(0, 0); WORKERS],
             audit_dropped: 0,
+            audit_failures_dropped: 0,
+            reserved: 0,
             heads: [crate::audit_trail::Head::EMPTY; WORKERS],
         }
     }
@@ -286,7 +295,75 @@ impl Entry {
 fn full(s: &LogState, e: &Entry) -> bool {
     (e.failure && s.failures >= QUEUE / 2)
         || (e.kind == KIND_REQUEST && s.requests >= QUEUE / 4 * 3)
-        || s.queued >= QUEUE
+        || s.queued + s.reserved >= QUEUE
+}
+
+/// Promise room for `n` audit entries that will be queued at commit (from a
+/// pre-commit callback, where waiting and failing are allowed): waits for
+/// the writer like `enqueue` does, up to MAX_WAIT_US. False when there is no
+/// room; then nothing is reserved.
+pub(crate) fn reserve(n: usize) -> bool {
+    let db = crate::pg::database_id();
+    let deadline = crate::pg::clock::now_us() + MAX_WAIT_US;
+    loop {
+        let mut s = LOG.exclusive();
+        if s.queued + s.reserved + n <= QUEUE {
+            s.reserved += n;
+            return true;
+        }
+        let t = crate::pg::clock::now_us();
+        let latch = match live_writer(&s, db, t) {
+            Some(w) if t < deadline => w.latch,
+            _ => return false,
+        };
+        drop(s);
+        // SAFETY: a live writer's latch in shared memory (see enqueue).
+        unsafe {
+            pg_sys::SetLatch(latch as *mut pg_sys::Latch);
+            pg_sys::pg_usleep(200);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+/// Give back what `reserve` promised and was not used.
+pub(crate) fn unreserve(n: usize) {
+    let mut s = LOG.exclusive();
+    s.reserved = s.reserved.saturating_sub(n);
+}
+
+/// Queue an entry into room reserved for it (at commit or abort): never
+/// waits, never raises; the reservation goes down by one either way.
+pub(crate) fn enqueue_reserved(mut e: Entry) -> bool {
+    let db = crate::pg::database_id();
+    let now = crate::pg::clock::now_us();
+    e.db = db;
+    if e.at == 0 {
+        e.at = now;
+    }
+    let mut guard = LOG.exclusive();
+    let (s, entries) = split(&mut guard);
+    s.reserved = s.reserved.saturating_sub(1);
+    let start = s.cursor;
+    let Some(i) = (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !entries[i].used) else {
+        count_drop(s, &e);
+        return false;
+    };
+    if e.failure {
+        s.failures += 1;
+    }
+    e.seq = s.next_seq;
+    s.next_seq += 1;
+    s.cursor = (i + 1) % QUEUE;
+    s.queued += 1;
+    e.used = true;
+    entries[i] = e;
+    let launch = claim_worker(s, db, now);
+    drop(guard);
+    if let Some(idx) = launch {
+        launch_writer(idx, db);
+    }
+    true
 }
 
 /// Queue `e` for its database's writer (started when none runs). When the
@@ -295,7 +372,22 @@ fn full(s: &LogState, e: &Entry) -> bool {
 /// once without `wait`, drop it and count it. Returns whether it was queued.
 /// Without `wait` it never raises, sleeps or checks for interrupts (commit
 /// and abort callbacks use it).
-pub(crate) fn enqueue(mut e: Entry, wait: bool) -> bool {
+pub(crate) fn enqueue(e: Entry, wait: bool) -> bool {
+    enqueue_counting(e, wait, true)
+}
+
+/// `enqueue` for an audited read that is refused when its entry finds no
+/// room: such a loss counts as a refusal's, not as an allowed action's.
+pub(crate) fn enqueue_read(mut e: Entry) -> bool {
+    let queued = enqueue_counting(e, true, false);
+    if !queued {
+        e.failure = true;
+        count_drop(&mut LOG.exclusive(), &e);
+    }
+    queued
+}
+
+fn enqueue_counting(mut e: Entry, wait: bool, count: bool) -> bool {
     let db = crate::pg::database_id();
     let now = crate::pg::clock::now_us();
     e.db = db;
@@ -336,7 +428,7 @@ pub(crate) fn enqueue(mut e: Entry, wait: bool) -> bool {
                         pg_sys::pg_usleep(200);
                         pg_sys::InterruptPending != 0
                     };
-                    if interrupted {
+                    if interrupted && count {
                         // A cancel (or termination) ends the wait: count the entry.
                         count_drop(&mut LOG.exclusive(), &e);
                     }
@@ -344,7 +436,9 @@ pub(crate) fn enqueue(mut e: Entry, wait: bool) -> bool {
                     continue;
                 }
                 _ => {
-                    count_drop(s, &e);
+                    if count {
+                        count_drop(s, &e);
+                    }
                     break (claim_worker(s, db, now), None, false);
                 }
             }
@@ -375,6 +469,14 @@ pub(crate) fn enqueue(mut e: Entry, wait: bool) -> bool {
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
     if let Some(idx) = launch {
+        launch_writer(idx, db);
+    }
+    queued
+}
+
+/// Start the log writer of `db` in worker slot `idx` (claimed by claim_worker).
+fn launch_writer(idx: usize, db: u32) {
+    {
         let started = BackgroundWorkerBuilder::new("tenant_guard log writer")
             .set_type("tenant_guard log writer")
             .set_library("tenant_guard")
@@ -390,21 +492,26 @@ pub(crate) fn enqueue(mut e: Entry, wait: bool) -> bool {
             pgrx::warning!("tenant_guard: could not start the log writer (max_worker_processes?); entries stay queued");
         }
     }
-    queued
 }
 
-/// Count one entry that could not be queued (or was lost): request-log
-/// entries in `dropped`; audit entries in `dropped`, in `audit_dropped`,
-/// and per database, for the trail to record that it has a gap.
+/// Count one entry that could not be queued: request-log entries in
+/// `dropped`; audit entries as lost (allowed ones and failures apart), and
+/// per database, for its trail to record that it has a gap.
 fn count_drop(s: &mut LogState, e: &Entry) {
-    s.dropped += 1;
-    if e.kind == KIND_AUDIT {
-        lose_audit(s, e.db, 1);
+    if e.kind == KIND_REQUEST {
+        s.dropped += 1;
+        return;
     }
+    if e.failure {
+        s.audit_failures_dropped += 1;
+    } else {
+        s.audit_dropped += 1;
+    }
+    note_gap(s, e.db, 1);
 }
 
-fn lose_audit(s: &mut LogState, db: u32, n: u64) {
-    s.audit_dropped += n;
+/// `n` audit entries of `db` are lost: the trail records it at its next batch.
+fn note_gap(s: &mut LogState, db: u32, n: u64) {
     let slot = s
         .audit_lost
         .iter()
@@ -454,7 +561,12 @@ fn worth_waiting(workers: &[Worker], entries: &[Entry], db: u32, now: i64, e: &E
 /// Under the lock: is a live writer responsible for `db`? If not, reserve a
 /// worker slot and return it for the caller to launch.
 fn claim_worker(s: &mut LogState, db: u32, now: i64) -> Option<usize> {
-    let live = |w: &Worker| w.state != 0 && now - w.heartbeat < STALE_US;
+    // A writer whose process is alive keeps its database, even held up (a
+    // lock, a long batch): a second one would only wait for the same thing
+    // with another batch in hand. One that stopped beating without a known
+    // process (starting) is handed on.
+    let live =
+        |w: &Worker| w.state != 0 && (now - w.heartbeat < STALE_US || (w.pid != 0 && crate::pg::backend_alive(w.pid)));
     if s.workers.iter().any(|w| w.db == db && live(w)) {
         return None;
     }
@@ -560,9 +672,21 @@ pub(crate) fn with_head<R>(db: u32, f: impl FnOnce(&mut crate::audit_trail::Head
 
 /// Audit entries lost since the server started (all databases), and those
 /// not yet recorded in their database's trail.
-pub(crate) fn audit_losses() -> (u64, u64) {
+/// `n` audit entries of `db` that a writer could not write (no trail there).
+pub(crate) fn count_lost(db: u32, n: u64) {
+    if n > 0 {
+        let mut s = LOG.exclusive();
+        s.audit_dropped += n;
+        note_gap(&mut s, db, n);
+    }
+}
+
+/// Audit entries lost since the server started (all databases): allowed
+/// ones, refusals and rollbacks; and those not yet recorded in their
+/// database's trail.
+pub(crate) fn audit_losses() -> (u64, u64, u64) {
     let s = LOG.share();
-    (s.audit_dropped, s.audit_lost.iter().map(|(_, n)| n).sum())
+    (s.audit_dropped, s.audit_failures_dropped, s.audit_lost.iter().map(|(_, n)| n).sum())
 }
 
 /// Entries queued now (audit entries among them).
@@ -703,9 +827,10 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     let (slot, db) = ((arg >> 32) as usize, arg as u32);
     let (requests, audit) = IN_FLIGHT.with(|c| c.replace((0, 0)));
     let mut s = LOG.exclusive();
-    s.dropped += requests + audit;
+    s.dropped += requests;
     if audit > 0 {
-        lose_audit(&mut s, db, audit);
+        s.audit_dropped += audit;
+        note_gap(&mut s, db, audit);
     }
     let w = &mut s.workers[slot];
     if w.db == db && w.pid == pg_sys::MyProcPid {

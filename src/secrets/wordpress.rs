@@ -43,13 +43,38 @@ fn wp_load(org_id: Uuid, site_url: &str) -> Option<WpCreds> {
     }))
 }
 
+/// The site as the audit trail records it: its canonical form, or nothing
+/// when it is not a valid site URL (it might then hold credentials).
+fn site_for_trail(url: &str) -> Option<String> {
+    let u = url.trim();
+    let ok = (u.starts_with("https://") || u.starts_with("HTTPS://")) && !u.contains(['@', ' ']) && u.len() <= 400;
+    ok.then(|| {
+        let rest = &u[8..];
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        format!("https://{}{}", host.to_ascii_lowercase(), path.trim_end_matches('/'))
+    })
+}
+
+fn wp_event<'a>(action: &'static str, org: Option<[u8; 16]>, site: &'a Option<String>) -> Event<'a> {
+    let ev = Event::new(action, org, "wordpress_credentials").kind(WP_KIND);
+    match site {
+        Some(s) => ev.name(s),
+        None => {
+            let mut ev = ev;
+            ev.detail = Some("the site_url given is not a valid https:// site URL".into());
+            ev
+        }
+    }
+}
+
 /// Store the WordPress application password of a site for the current org
 /// (admin or higher). Username and password are encrypted together.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn put_wordpress_credentials(site_url: &str, username: &str, app_password: &str) -> Uuid {
     let org = crate::context::with_claims(|c| c.org_id);
-    let ev = Event::new("put_wordpress_credentials", org, "wordpress_credentials").kind(WP_KIND).name(site_url);
+    let site = site_for_trail(site_url);
+    let ev = wp_event("put_wordpress_credentials", org, &site);
     audit_trail::guarded(Kind::Write, ev, |_| put_wp(site_url, username, app_password))
 }
 
@@ -85,7 +110,8 @@ pub fn get_wordpress_credentials(
 
 /// wp_load, audited as a read of `action` (the site, never the credentials).
 fn audited_load(action: &'static str, org_id: Uuid, site_url: &str) -> Option<WpCreds> {
-    let ev = Event::new(action, Some(*org_id.as_bytes()), "wordpress_credentials").kind(WP_KIND).name(site_url);
+    let site = site_for_trail(site_url);
+    let ev = wp_event(action, Some(*org_id.as_bytes()), &site);
     audit_trail::guarded(Kind::Read, ev, |ev| {
         let found = wp_load(org_id, site_url);
         if found.is_none() {

@@ -639,7 +639,10 @@ AS $$
      WHERE current_setting('tenant_guard.require_protection') <> 'error'
 $$;
 
--- The audit trail: switched off anywhere, or entries lost; needs the library.
+-- The audit trail: switched off anywhere (the configuration, a role or
+-- database setting, a function's SET clause), who may switch it off or set
+-- the secret settings (PostgreSQL 15 parameter grants), entries lost; needs
+-- the library.
 CREATE FUNCTION tenant_guard._audit_trail()
 RETURNS SETOF tenant_guard.audit_finding
 LANGUAGE sql VOLATILE
@@ -651,24 +654,44 @@ AS $$
      WHERE NOT current_setting('tenant_guard.audit')::boolean
     UNION ALL
     SELECT 'audit_trail_off', 'error', ARRAY['SECURITY'],
-           format('setting tenant_guard.audit for %s', concat_ws(' in ', 'role ' || r.rolname, 'database ' || d.datname)),
-           format('tenant_guard.audit is off for %s: what they do leaves no trace in the audit trail.',
-                  concat_ws(' in ', 'role ' || r.rolname, 'database ' || d.datname)),
-           format('ALTER %s RESET tenant_guard.audit;',
-                  CASE WHEN r.rolname IS NULL THEN format('DATABASE %I', d.datname)
-                       WHEN d.datname IS NULL THEN format('ROLE %I', r.rolname)
-                       ELSE format('ROLE %I IN DATABASE %I', r.rolname, d.datname) END)
-      FROM pg_db_role_setting s
-      LEFT JOIN pg_roles r ON r.oid = s.setrole
-      LEFT JOIN pg_database d ON d.oid = s.setdatabase,
-           unnest(s.setconfig) c
+           format('setting tenant_guard.audit for %s', w.who),
+           format('tenant_guard.audit is off for %s: what they do leaves no trace in the audit trail.', w.who),
+           format('ALTER %s RESET tenant_guard.audit;', w.target)
+      FROM (SELECT coalesce(nullif(concat_ws(' in ', 'role ' || r.rolname, 'database ' || d.datname), ''), 'every role (ALTER ROLE ALL)') AS who,
+                   CASE WHEN r.rolname IS NOT NULL AND d.datname IS NOT NULL THEN format('ROLE %I IN DATABASE %I', r.rolname, d.datname)
+                        WHEN r.rolname IS NOT NULL THEN format('ROLE %I', r.rolname)
+                        WHEN d.datname IS NOT NULL THEN format('DATABASE %I', d.datname)
+                        ELSE 'ROLE ALL' END AS target, s.setconfig
+              FROM pg_db_role_setting s
+              LEFT JOIN pg_roles r ON r.oid = s.setrole
+              LEFT JOIN pg_database d ON d.oid = s.setdatabase) w,
+           unnest(w.setconfig) c
      WHERE split_part(c, '=', 1) = 'tenant_guard.audit' AND NOT substr(c, length('tenant_guard.audit=') + 1)::boolean
     UNION ALL
-    SELECT 'audit_entries_lost', 'error', ARRAY['SECURITY'], 'table tenant_guard.audit_log',
-           format('%s audit entr%s could not be recorded since the server started (the log queue was full when a write committed, or a log writer failed); the trail records each loss as an audit_entries_lost entry.',
-                  q.lost, CASE WHEN q.lost = 1 THEN 'y' ELSE 'ies' END),
+    SELECT 'audit_trail_off', 'error', ARRAY['SECURITY'], format('function %s', p.oid::regprocedure),
+           format('Function %s switches tenant_guard.audit off while it runs (a SET clause): what it does leaves no trace.', p.oid::regprocedure),
+           format('ALTER FUNCTION %s RESET tenant_guard.audit;', p.oid::regprocedure)
+      FROM pg_proc p, unnest(p.proconfig) c
+     WHERE split_part(c, '=', 1) = 'tenant_guard.audit' AND NOT substr(c, length('tenant_guard.audit=') + 1)::boolean
+    UNION ALL
+    SELECT 'setting_granted', 'error', ARRAY['SECURITY'], format('setting %s', a.parname),
+           format('%s may be %s by %s (GRANT ... ON PARAMETER): tenant_guard''s settings are for superusers only (tenant_guard refuses their SET by anyone else, but ALTER SYSTEM is not refused).',
+                  a.parname, lower(x.privilege_type),
+                  CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee)::text END),
+           format('REVOKE %s ON PARAMETER %s FROM %s;', x.privilege_type, a.parname,
+                  CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END)
+      FROM pg_parameter_acl a, aclexplode(a.paracl) x
+     WHERE a.parname LIKE 'tenant\_guard.%'
+       AND (x.grantee = 0 OR NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = x.grantee))
+    UNION ALL
+    SELECT 'audit_entries_lost', CASE WHEN q.lost > 0 THEN 'error' ELSE 'warn' END, ARRAY['SECURITY'], 'table tenant_guard.audit_log',
+           CASE WHEN q.lost > 0
+                THEN format('%s audit entr%s of allowed actions could not be recorded since the server started (a log writer failed); the trail records each loss as an audit_entries_lost entry.',
+                            q.lost, CASE WHEN q.lost = 1 THEN 'y' ELSE 'ies' END)
+                ELSE format('%s audit entr%s of refused or rolled-back actions could not be recorded since the server started (their share of the log queue was full: someone may be flooding it with refusals).',
+                            q.lost_failures, CASE WHEN q.lost_failures = 1 THEN 'y' ELSE 'ies' END) END,
            E'-- find the gaps: SELECT at, detail FROM tenant_guard.audit_log WHERE action = ''audit_entries_lost'';\n-- then look for what fills the queue (request_log_queue(), audit_log_queue()) or makes the writer fail (the server log)'
-      FROM tenant_guard.audit_log_queue() q WHERE q.lost > 0
+      FROM tenant_guard.audit_log_queue() q WHERE q.lost > 0 OR q.lost_failures > 0
 $$;
 
 -- Citus: the policies of every shard placement of a distributed table with

@@ -17,6 +17,9 @@ pub fn _webhook_url(url: Option<&str>) -> String {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "url must not be NULL", None, None)
     };
     crate::url_policy::check(url).unwrap_or_else(|r| {
+        // A refused URL may carry a user name and password: keep the
+        // statement that gave it out of the server log.
+        crate::pg::errors::hide_statement_from_log();
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             r.to_string(),
