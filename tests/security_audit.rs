@@ -471,7 +471,8 @@ fn hygiene_purges_webhooks_and_the_installed_version() {
     let mut dba = db.dba();
     cycle(
         &mut dba,
-        "INSERT INTO tenant_guard.request_log (at, outcome) VALUES (now() - interval '60 days', 'ok')",
+        "SELECT tenant_guard._request_log_partition((now() - interval '60 days')::date);
+         INSERT INTO tenant_guard.request_log (at, outcome) VALUES (now() - interval '60 days', 'ok')",
         "request_log_not_purged",
         "table tenant_guard.request_log",
         "warn",

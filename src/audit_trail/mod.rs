@@ -266,6 +266,16 @@ fn entry(ev: &Event, outcome: Outcome, sqlstate: Option<&str>, ctx: Ctx) -> Entr
     e
 }
 
+/// Replace a queued entry's detail (cut to its room).
+fn set_detail(e: &mut Entry, detail: &str) {
+    let f = &mut e.audit;
+    let at = (f.kind_len + f.name_len) as usize;
+    let d = cut(detail, DETAIL_MAX);
+    f.text[at..at + d.len()].copy_from_slice(d.as_bytes());
+    f.detail_len = d.len() as u16;
+    f.flags |= HAS_DETAIL;
+}
+
 /// The chain's view of a queued entry, at position `seq`.
 fn chain_entry(e: &Entry, seq: i64) -> audit_chain::Entry {
     let f = &e.audit;
@@ -323,9 +333,11 @@ fn record_read(ev: &Event, ctx: Ctx) -> bool {
     request_log::enqueue_read(entry(ev, Outcome::Allowed, None, ctx))
 }
 
-/// Most audited writes one transaction may make: their entries are queued
-/// together at commit, into room reserved for them just before it.
-pub const MAX_WRITES_PER_TRANSACTION: usize = 1024;
+/// Audited writes of one transaction that get an entry each; past this,
+/// further writes are counted into one entry per action, org and kind
+/// ("and N more"). Their entries are queued together at commit, into room
+/// reserved for them just before it.
+pub const DETAILED_WRITES_PER_TRANSACTION: usize = 1000;
 
 thread_local! {
     /// Writes of this transaction, by the subtransaction that made them,
@@ -333,6 +345,9 @@ thread_local! {
     static PENDING: RefCell<Vec<(pg_sys::SubTransactionId, Entry)>> = const { RefCell::new(Vec::new()) };
     /// Room reserved in the queue for PENDING at pre-commit, not used yet.
     static RESERVED: Cell<usize> = const { Cell::new(0) };
+    /// Writes past DETAILED_WRITES_PER_TRANSACTION: an entry standing for
+    /// them (its detail written at the end) and how many, by subtransaction.
+    static SUMMARIZED: RefCell<Vec<(pg_sys::SubTransactionId, Entry, u64)>> = const { RefCell::new(Vec::new()) };
     /// rotate_secrets() is re-encrypting: its row writes are one event, the run.
     static REKEYING: Cell<bool> = const { Cell::new(false) };
 }
@@ -340,31 +355,71 @@ thread_local! {
 /// Record a write once its transaction ends: `allowed` if it commits,
 /// `rolled_back` if it (or the savepoint it was made in) rolls back.
 pub fn note_write(ev: &Event) {
-    if !enabled() || crate::pg::in_recovery() {
+    // A restore's rows are not new events (and its audit_log is being
+    // restored too: entries of its own would collide with it).
+    if !enabled() || crate::pg::in_recovery() || crate::pg::restoring() {
         return;
     }
-    let e = entry(ev, Outcome::Allowed, None, current_ctx());
     // SAFETY: a plain read of transaction state.
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    PENDING.with(|p| p.borrow_mut().push((sub, e)));
+    if PENDING.with(|p| p.borrow().len()) < DETAILED_WRITES_PER_TRANSACTION {
+        let e = entry(ev, Outcome::Allowed, None, current_ctx());
+        PENDING.with(|p| p.borrow_mut().push((sub, e)));
+        return;
+    }
+    // Past the detailed ones: counted, by subtransaction, action, org and kind.
+    let same = |e: &Entry| {
+        let c = chain_entry(e, 0);
+        c.action == ev.action
+            && c.org_id == ev.org
+            && c.object_type == ev.object_type
+            && c.object_kind.as_deref() == ev.object_kind.map(|k| cut(k, KIND_MAX))
+    };
+    let counted = SUMMARIZED.with(|s| {
+        let mut s = s.borrow_mut();
+        match s.iter_mut().find(|(x, e, _)| *x == sub && same(e)) {
+            Some((_, _, n)) => {
+                *n += 1;
+                true
+            }
+            None => false,
+        }
+    });
+    if !counted {
+        let mut summary = Event::new(ev.action, ev.org, ev.object_type);
+        summary.object_kind = ev.object_kind;
+        let e = entry(&summary, Outcome::Allowed, None, current_ctx());
+        SUMMARIZED.with(|s| s.borrow_mut().push((sub, e, 1)));
+    }
+}
+
+/// The entries standing for summarized writes (of `sub`, or all), taken
+/// out, each with its count in its detail.
+fn take_summaries(sub: Option<pg_sys::SubTransactionId>) -> Vec<Entry> {
+    SUMMARIZED.with(|s| {
+        let mut s = s.borrow_mut();
+        let (take, keep): (Vec<_>, Vec<_>) = s.drain(..).partition(|(x, _, _)| sub.is_none_or(|y| *x == y));
+        *s = keep;
+        take.into_iter()
+            .map(|(_, mut e, n)| {
+                let detail = format!(
+                    "and {n} more like it, not listed one by one (past {DETAILED_WRITES_PER_TRANSACTION} audited changes in one transaction)"
+                );
+                set_detail(&mut e, &detail);
+                e
+            })
+            .collect()
+    })
 }
 
 /// Before commit (where waiting and failing are still allowed): reserve
 /// room in the queue for this transaction's audited writes, so that at
 /// commit, where nothing may wait or fail, none is lost. Refuses the commit
-/// when there are too many, or no room comes within a second.
+/// when no room comes within a second.
 fn reserve_for_commit() {
-    let n = PENDING.with(|p| p.borrow().len());
+    let n = PENDING.with(|p| p.borrow().len()) + SUMMARIZED.with(|s| s.borrow().len());
     if n == 0 {
         return;
-    }
-    if n > MAX_WRITES_PER_TRANSACTION {
-        raise(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("this transaction made {n} audited changes; at most {MAX_WRITES_PER_TRANSACTION} can be committed together"),
-            None,
-            Some("Split the work into smaller transactions."),
-        );
     }
     if !request_log::reserve(n) {
         raise(
@@ -382,12 +437,13 @@ fn reserve_for_commit() {
 /// wait or fail. Room reserved before commit is used first; an entry that
 /// finds no room is counted as lost, and the trail records the loss.
 fn flush(sub: Option<pg_sys::SubTransactionId>, outcome: Outcome) {
-    let taken: Vec<Entry> = PENDING.with(|p| {
+    let mut taken: Vec<Entry> = PENDING.with(|p| {
         let mut p = p.borrow_mut();
         let (take, keep): (Vec<_>, Vec<_>) = p.drain(..).partition(|(s, _)| sub.is_none_or(|x| *s == x));
         *p = keep;
         take.into_iter().map(|(_, e)| e).collect()
     });
+    taken.extend(take_summaries(sub));
     for mut e in taken {
         e.set_outcome(outcome as u8, outcome != Outcome::Allowed);
         if RESERVED.with(|r| r.get()) > 0 {
@@ -433,11 +489,18 @@ unsafe extern "C-unwind" fn subxact_callback(
     use pg_sys::SubXactEvent::*;
     match event {
         SUBXACT_EVENT_ABORT_SUB => flush(Some(my), Outcome::RolledBack),
-        SUBXACT_EVENT_COMMIT_SUB => PENDING.with(|p| {
-            for (s, _) in p.borrow_mut().iter_mut().filter(|(s, _)| *s == my) {
-                *s = parent;
-            }
-        }),
+        SUBXACT_EVENT_COMMIT_SUB => {
+            PENDING.with(|p| {
+                for (s, _) in p.borrow_mut().iter_mut().filter(|(s, _)| *s == my) {
+                    *s = parent;
+                }
+            });
+            SUMMARIZED.with(|p| {
+                for (s, _, _) in p.borrow_mut().iter_mut().filter(|(s, _, _)| *s == my) {
+                    *s = parent;
+                }
+            });
+        }
         _ => {}
     }
 }

@@ -32,6 +32,20 @@ pub fn pid() -> i32 {
     unsafe { pg_sys::MyProcPid }
 }
 
+/// Whether this session is a superuser's with `row_security = off`, as
+/// pg_dump and pg_restore set it: a restore, whose rows are not new events
+/// and whose tables get their row-level security a few statements later.
+pub fn restoring() -> bool {
+    // SAFETY: reads a setting by its NUL-terminated name (NULL if unknown),
+    // and whether the session user is a superuser (a catalog lookup).
+    unsafe {
+        let v = pg_sys::GetConfigOption(c"row_security".as_ptr(), true, false);
+        !v.is_null()
+            && std::ffi::CStr::from_ptr(v).to_bytes() == b"off"
+            && pg_sys::superuser_arg(pg_sys::GetSessionUserId())
+    }
+}
+
 /// Whether a backend (or background worker) with this pid is running.
 pub fn backend_alive(pid: i32) -> bool {
     // SAFETY: looks the pid up in the proc array under its lock.

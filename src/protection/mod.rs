@@ -75,6 +75,9 @@ fn check_pending() {
     if mode == RequireProtection::Off {
         return;
     }
+    // A restore (pg_restore creates a table, then loads it, then enables its
+    // row-level security, each in its own transaction): a warning at most.
+    let mode = if crate::pg::restoring() { RequireProtection::Warn } else { mode };
     let mut unprotected: Vec<String> = vec![];
     // Pre-commit runs outside any statement: give SPI a snapshot, as
     // PostgreSQL does for deferred triggers at this point.

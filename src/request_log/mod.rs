@@ -722,8 +722,52 @@ thread_local! {
     static PLANS: std::cell::RefCell<Option<[OwnedPreparedStatement; 2]>> = const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    /// Days (since 2000-01-01, UTC) whose request-log partition this writer
+    /// has made sure of; None until it knew whether the log is partitioned.
+    static PARTITIONS: std::cell::RefCell<Option<std::collections::HashSet<i32>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Make sure the partitions of the rows' days, and of the day after each,
+/// exist (a catalog from before the log was partitioned has none to make).
+fn ensure_partitions(rows: &[Row]) {
+    let partitioned = PARTITIONS.with(|p| p.borrow().is_some());
+    if !partitioned {
+        let has = Spi::get_one::<bool>(
+            "SELECT pg_catalog.to_regprocedure('tenant_guard._request_log_partition(date)') IS NOT NULL",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if !has {
+            return;
+        }
+        PARTITIONS.with(|p| *p.borrow_mut() = Some(Default::default()));
+    }
+    let days: std::collections::BTreeSet<i32> = rows
+        .iter()
+        .flat_map(|r| {
+            let d = r.at.div_euclid(86_400_000_000) as i32;
+            [d, d + 1]
+        })
+        .filter(|d| PARTITIONS.with(|p| !p.borrow().as_ref().is_some_and(|s| s.contains(d))))
+        .collect();
+    if days.is_empty() {
+        return;
+    }
+    let list: Vec<i32> = days.iter().copied().collect();
+    Spi::run_with_args(
+        "SELECT tenant_guard._request_log_partition(DATE '2000-01-01' OPERATOR(pg_catalog.+) d)
+           FROM pg_catalog.unnest($1::pg_catalog.int4[]) d",
+        &[list.into()],
+    )
+    .expect("making the request log's partitions");
+    PARTITIONS.with(|p| p.borrow_mut().get_or_insert_with(Default::default).extend(days));
+}
+
 fn write_batch(rows: &[Row]) {
     use pgrx::{PgBuiltInOids as T, PgOid};
+    ensure_partitions(rows);
     let at: Vec<f64> = rows.iter().map(|r| PG_EPOCH_UNIX_SECS + r.at as f64 / 1e6).collect();
     let org: Vec<Option<Uuid>> = rows.iter().map(|r| r.org.map(Uuid::from_bytes)).collect();
     let key: Vec<Option<Uuid>> = rows.iter().map(|r| r.key.map(Uuid::from_bytes)).collect();

@@ -17,6 +17,18 @@ use pgrx::{PgSqlErrorCode, Uuid};
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn rotate_secrets(batch_size: default!(i32, 1000)) -> i64 {
+    // The run's start is recorded at once: a run that never commits (killed
+    // mid-batch, say) stays in the trail.
+    let mut started = Event::new("rotate_secrets", None, "secrets");
+    started.detail = Some(format!("started, batch_size {batch_size}"));
+    if !audit_trail::record(&started, audit_trail::Outcome::Allowed, None) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+            "rotate_secrets is audited, and the audit trail has no room to record it now",
+            None,
+            Some("Retry; if it persists, look at tenant_guard.audit_log_queue() and the server log."),
+        );
+    }
     let ev = Event::new("rotate_secrets", None, "secrets");
     audit_trail::guarded(Kind::WriteRun, ev, |ev| {
         let secrets = audit_trail::rekeying(|| reencrypt(batch_size));

@@ -145,7 +145,8 @@ AS $$
     SELECT 'org_column_not_indexed', 'warn', ARRAY['PERFORMANCE'], 'table ' || r.name,
            format('No index of %s begins with org_id: every org-filtered query scans the whole table.', r.name),
            format('CREATE INDEX ON %s (org_id);', r.name)
-      FROM r WHERE r.kind IN ('r', 'p') AND r.org
+      -- (a partitioned table is judged by its partitions, which hold the rows)
+      FROM r WHERE r.kind = 'r' AND r.org
        AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = r.oid AND i.indkey[0] = r.org_attnum)
     UNION ALL
     SELECT 'rls_unsupported_relation', CASE WHEN r.org THEN 'error' ELSE 'warn' END, ARRAY['SECURITY'],
