@@ -28,12 +28,9 @@ rm -rf "$pgdata"
 cargo pgrx test pg15 --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
 
 echo "== 3/4 black-box tests against a real cluster"
-# Install the regular (non-test) build into the system PostgreSQL.
-if [ "$(id -u)" -eq 0 ]; then
-    cargo pgrx install --pg-config "$PG_CONFIG"
-else
-    cargo pgrx install --pg-config "$PG_CONFIG" --sudo
-fi
+# Install the regular (non-test) build into the system PostgreSQL, with the
+# scripts of earlier versions (tests/operations.rs updates from 0.1.0).
+bash scripts/install.sh
 cargo test -p tenant_guard_harness --tests -- --test-threads=4 2>&1 | tee -a "$log"
 
 echo "== 4/4 bounded fuzzing (${TG_FUZZ_SECS:-10} s per target; scripts/fuzz.sh for longer runs)"

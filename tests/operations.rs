@@ -287,3 +287,163 @@ fn the_request_log_is_partitioned_by_day_and_purged_by_dropping_days() {
     let r = db.svc().simple_query(&format!("SELECT count(*) FROM tenant_guard.{today}"));
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
 }
+
+/// The catalog facts tests/catalog.rs compares (functions, relations,
+/// columns in order, constraints, indexes, policies, triggers, grants,
+/// extension members and config-dump tables).
+const CATALOG_SQL: &str = include_str!("catalog.sql");
+
+/// A database made with 0.1.0 (the release before this one, commit 9209dcf,
+/// its install script frozen in sql/) is served by the new library until
+/// ALTER EXTENSION tenant_guard UPDATE, which then keeps everything: keys
+/// authenticate, secrets decrypt, policies hold, the request log keeps its
+/// rows; and the catalog it leaves equals a fresh 0.2.0 install.
+#[test]
+fn an_update_from_0_1_0_keeps_everything_and_equals_a_fresh_install() {
+    // A cluster of its own: the audit-loss counters are the server's.
+    let c = Cluster::start(Options::default());
+    let name = "upgraded";
+    exec(&mut c.connect("postgres", "dba"), &format!("CREATE DATABASE {name} TEMPLATE template0"));
+    let db = tenant_guard_harness::Db { cluster: &c, name: name.into() };
+    let mut dba = db.dba();
+    exec(&mut dba, "GRANT ALL ON SCHEMA public TO PUBLIC; CREATE EXTENSION tenant_guard VERSION '0.1.0'");
+
+    // Every C function of the 0.1.0 catalog finds its symbol in the new
+    // library (CREATE EXTENSION above checked that), taking and returning
+    // the same types as in 0.2.0 (a mismatch would read arguments that are
+    // not there).
+    let c_functions = "SELECT string_agg(format('%s(%s) -> %s%s', prosrc, pg_get_function_identity_arguments(oid),
+                                                  CASE WHEN proretset THEN 'setof ' ELSE '' END, prorettype::regtype), E'\\n' ORDER BY prosrc)
+                         FROM pg_proc WHERE pronamespace = 'tenant_guard'::regnamespace
+                          AND prolang = (SELECT oid FROM pg_language WHERE lanname = 'c')";
+    let old_c = val(&mut dba, c_functions).unwrap();
+    let new_c = val(&mut c.connect("template1", "dba"), c_functions).unwrap();
+    let new_c: std::collections::HashSet<&str> = new_c.lines().collect();
+    for f in old_c.lines() {
+        assert!(new_c.contains(f), "0.1.0's {f} is not served the same way by 0.2.0's library");
+    }
+
+    // 0.1.0 at work, on the new library.
+    let w = world(&db);
+    let mut app = db.app();
+    let (key_id, key) = create_key(&mut app, &w.org_a, ADMIN_A, "'old-key'");
+    let mut svc = db.svc();
+    exec(&mut svc, &format!("SELECT tenant_guard.put_secret_for('{}', 'stripe', 'live', 'sk_upgrade_0123')", w.org_a));
+    begin_as(&mut svc, &w.org_a, OWNER_A);
+    exec(
+        &mut svc,
+        "SELECT tenant_guard.put_wordpress_credentials('https://blog.example.com', 'editor', 'abcd efgh ijkl mnop qrst uvwx');
+         SELECT tenant_guard.create_webhook_endpoint('https://hooks.example.com/in');
+         COMMIT",
+    );
+    exec(&mut app, "BEGIN");
+    assert_eq!(auth(&mut app, &key).unwrap(), w.org_a);
+    assert_eq!(val(&mut app, "SELECT count(*) FROM docs").as_deref(), Some("30"));
+    exec(&mut app, "COMMIT");
+    poll(
+        &mut dba,
+        &format!("SELECT count(*) FROM tenant_guard.request_log WHERE api_key_id = '{key_id}'"),
+        20,
+        "logged by 0.1.0's request log",
+        |v| v == "1",
+    );
+    // 0.1.0's guard still refuses an unprotected tenant table.
+    exec(&mut dba, "SET tenant_guard.require_protection = 'error'");
+    let r = dba.batch_execute("CREATE TABLE leaky (id int, org_id uuid)");
+    assert_eq!(sqlstate(&r).as_deref(), Some("55000"), "{}", full_error(&r));
+    exec(&mut dba, "RESET tenant_guard.require_protection");
+    let secrets_before =
+        val(&mut dba, "SELECT string_agg(encode(ciphertext, 'hex'), ',' ORDER BY id) FROM tenant_guard.secrets")
+            .unwrap();
+
+    exec(&mut dba, "ALTER EXTENSION tenant_guard UPDATE");
+    assert_eq!(
+        val(&mut dba, "SELECT extversion FROM pg_extension WHERE extname = 'tenant_guard'").as_deref(),
+        Some("0.2.0")
+    );
+
+    // The catalog equals a fresh 0.2.0 install (template1's) in every fact.
+    let fresh = val(&mut c.connect("template1", "dba"), CATALOG_SQL).unwrap();
+    let updated = val(&mut dba, CATALOG_SQL).unwrap();
+    if fresh != updated {
+        let f: std::collections::BTreeSet<&str> = fresh.lines().collect();
+        let u: std::collections::BTreeSet<&str> = updated.lines().collect();
+        let only_fresh: Vec<_> = f.difference(&u).collect();
+        let only_updated: Vec<_> = u.difference(&f).collect();
+        panic!("the updated catalog differs from a fresh 0.2.0 install:\nonly in the fresh one: {only_fresh:#?}\nonly in the updated one: {only_updated:#?}");
+    }
+
+    // Data intact: the same envelopes, decrypting; the key; the policies.
+    assert_eq!(
+        val(&mut dba, "SELECT string_agg(encode(ciphertext, 'hex'), ',' ORDER BY id) FROM tenant_guard.secrets")
+            .unwrap(),
+        secrets_before
+    );
+    let mut svc = db.svc();
+    assert_eq!(
+        val(&mut svc, &format!("SELECT tenant_guard.get_secret('{}', 'stripe', 'live')", w.org_a)).as_deref(),
+        Some("sk_upgrade_0123")
+    );
+    let basic = val(
+        &mut svc,
+        &format!("SELECT tenant_guard.wordpress_authorization('{}', 'https://blog.example.com')", w.org_a),
+    )
+    .unwrap();
+    assert_eq!(basic, "Basic ZWRpdG9yOmFiY2QgZWZnaCBpamtsIG1ub3AgcXJzdCB1dnd4");
+    let mut app = db.app();
+    exec(&mut app, "BEGIN");
+    assert_eq!(auth(&mut app, &key).unwrap(), w.org_a);
+    assert_eq!(val(&mut app, "SELECT count(*) FROM docs").as_deref(), Some("30"), "policies hold");
+    assert_eq!(
+        affected(&mut app, &format!("UPDATE docs SET title = 'x' WHERE org_id = '{}'", w.org_b)),
+        0,
+        "nor may org A write org B's rows"
+    );
+    exec(&mut app, "COMMIT");
+    assert_eq!(val(&mut app, "SELECT count(*) FROM docs").as_deref(), Some("0"), "no context, no rows");
+    assert_eq!(
+        val(
+            &mut dba,
+            "SELECT count(*) FROM pg_policy WHERE polrelid = 'docs'::regclass AND polname = 'tenant_guard_allow'"
+        )
+        .as_deref(),
+        Some("0"),
+        "0.1.0's permissive `true` policy gave way to protect()'s twins"
+    );
+    // The request log: the old rows, and new ones beside them.
+    poll(
+        &mut dba,
+        &format!("SELECT count(*) FROM tenant_guard.request_log WHERE api_key_id = '{key_id}'"),
+        20,
+        "the old row kept and the new one logged",
+        |v| v == "2",
+    );
+    assert_eq!(
+        val(&mut dba, "SELECT count(DISTINCT id) = count(*) FROM tenant_guard.request_log").as_deref(),
+        Some("t"),
+        "ids continue the old sequence"
+    );
+    // The trail starts with the update, verifies, and has lost nothing
+    // (0.1.0's catalog had no trail to lose entries from).
+    poll(
+        &mut dba,
+        "SELECT count(*) FROM tenant_guard.audit_log WHERE action IN ('get_secret', 'wordpress_authorization')",
+        20,
+        "reads after the update audited",
+        |v| v == "2",
+    );
+    assert_eq!(val(&mut dba, "SELECT verified FROM tenant_guard.verify_audit_log()").as_deref(), Some("t"));
+    let lost = rows(&mut svc, "SELECT lost, lost_failures, lost_unrecorded FROM tenant_guard.audit_log_queue()");
+    assert_eq!(lost[0], vec![Some("0".into()), Some("0".into()), Some("0".into())]);
+    // Nothing for security_audit() that a fresh install does not show too.
+    let findings = "SELECT coalesce(string_agg(code, ',' ORDER BY code), '') FROM tenant_guard.security_audit() WHERE level <> 'info'";
+    assert_eq!(val(&mut dba, findings), val(&mut c.fresh_db().dba(), findings));
+    // An endpoint made under 0.1.0 (no maker on record) still delivers.
+    begin_as(&mut svc, &w.org_a, OWNER_A);
+    exec(&mut svc, "SELECT tenant_guard.enqueue_webhook('invoice.paid', '{\"id\": 1}'); COMMIT");
+    assert_eq!(val(&mut svc, "SELECT count(*) FROM tenant_guard.claim_webhook_deliveries(10)").as_deref(), Some("1"));
+    // The purge reaches the rows of the 0.1.0 table (now a partition).
+    let n: i64 = svc.query_one("SELECT tenant_guard.purge_request_log('0 seconds')", &[]).unwrap().get(0);
+    assert!(n >= 2, "{n}");
+    assert_eq!(val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log").as_deref(), Some("0"));
+}

@@ -306,8 +306,10 @@ fn chain_entry(e: &Entry, seq: i64) -> audit_chain::Entry {
 
 // ---------------------------------------------------------------- recording
 
+/// The trail is on, and this database has one (a 0.1.0 catalog, before
+/// ALTER EXTENSION ... UPDATE, has none: nothing is queued, or lost, for it).
 fn enabled() -> bool {
-    settings::AUDIT.get()
+    settings::AUDIT.get() && crate::pg::index_lookup::table_oid(c"audit_log").is_some()
 }
 
 /// Record `ev` now (it survives the transaction's rollback). Waits for room

@@ -43,8 +43,12 @@ BEGIN
         EXECUTE format('ALTER TABLE tenant_guard.%I ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', part);
         EXECUTE format('ALTER TABLE tenant_guard.request_log ATTACH PARTITION tenant_guard.%I FOR VALUES FROM (%L) TO (%L)',
                        part, lo, lo + interval '1 day');
-    EXCEPTION WHEN duplicate_table OR duplicate_object THEN
-        NULL;   -- made meanwhile by another session
+    EXCEPTION
+        WHEN duplicate_table OR duplicate_object THEN
+            NULL;   -- made meanwhile by another session
+        WHEN invalid_object_definition THEN
+            NULL;   -- the day lies in a wider partition (the log of a
+                    -- 0.1.0 database, attached by the 0.2.0 update)
     END;
 END
 $$;

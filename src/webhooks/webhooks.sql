@@ -9,10 +9,11 @@ CREATE TABLE tenant_guard.webhook_endpoints (
     events text[] NOT NULL DEFAULT '{*}',
     active boolean NOT NULL DEFAULT true,
     previous_secret_until timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
     -- Who made it: an endpoint stops when its creator is no longer an admin
-    -- of the org (see _membership_changed in finalize.sql).
-    created_by uuid,
-    created_at timestamptz NOT NULL DEFAULT now()
+    -- of the org (see _membership_changed in finalize.sql). Last, as the
+    -- 0.1.0 -> 0.2.0 update adds it.
+    created_by uuid
 );
 CREATE INDEX webhook_endpoints_org_idx ON tenant_guard.webhook_endpoints (org_id);
 
