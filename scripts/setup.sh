@@ -6,7 +6,8 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libclang-dev clang sudo pkg-config pgbouncer)
+packages=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libclang-dev clang sudo pkg-config pgbouncer
+          postgresql-15-cron postgresql-15-plpgsql-check)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

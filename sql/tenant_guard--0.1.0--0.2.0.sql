@@ -1812,8 +1812,69 @@ SELECT pg_catalog.pg_extension_config_dump('tenant_guard.audit_log_anchor', '');
 -- it (the extension's functions, a cascade, a superuser's own DML): one
 -- event per row, recorded when the transaction ends (allowed at commit,
 -- rolled_back otherwise). SECURITY DEFINER so that it records even for a
--- role someone granted write access to these tables.
-CREATE OR REPLACE FUNCTION tenant_guard._trail_row_changed()
+-- role someone granted write access to these tables. One function per
+-- table, so that each is checked against its table's columns (plpgsql_check).
+CREATE OR REPLACE FUNCTION tenant_guard._trail_organizations_changed()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tenant_guard._trail_note('create_organization', NEW.id, 'organization', NEW.id, NULL, NEW.name, NULL);
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM tenant_guard._trail_note('delete_organization', OLD.id, 'organization', OLD.id, NULL, OLD.name, NULL);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenant_guard._trail_memberships_changed()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND (TG_OP = 'DELETE' OR (NEW.org_id, NEW.user_id) IS DISTINCT FROM (OLD.org_id, OLD.user_id)) THEN
+        PERFORM tenant_guard._trail_note('remove_member', OLD.org_id, 'member', OLD.user_id, OLD.role, NULL, NULL);
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND (NEW.org_id, NEW.user_id) IS DISTINCT FROM (OLD.org_id, OLD.user_id)) THEN
+        PERFORM tenant_guard._trail_note('add_member', NEW.org_id, 'member', NEW.user_id, NEW.role, NULL, NULL);
+    ELSIF TG_OP = 'UPDATE' AND NEW.role IS DISTINCT FROM OLD.role THEN
+        PERFORM tenant_guard._trail_note('set_member_role', NEW.org_id, 'member', NEW.user_id, NEW.role, NULL,
+                                         format('%s -> %s', OLD.role, NEW.role));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenant_guard._trail_api_keys_changed()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tenant_guard._trail_note(CASE WHEN NEW.created_by IS NULL THEN 'import_api_key' ELSE 'create_api_key' END,
+                                         NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200),
+                                         format('scopes %s, expires %s', NEW.scopes, coalesce(NEW.expires_at::text, 'never')));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM tenant_guard._trail_note('delete_api_key', OLD.org_id, 'api_key', OLD.id, OLD.role, left(OLD.name, 200), NULL);
+    ELSIF OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL THEN
+        PERFORM tenant_guard._trail_note('revoke_api_key', NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200), NULL);
+    ELSIF OLD.rotated_to IS NULL AND NEW.rotated_to IS NOT NULL THEN
+        PERFORM tenant_guard._trail_note('rotate_api_key', NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200),
+                                         format('replaced by %s; this key expires %s', NEW.rotated_to, NEW.expires_at));
+    ELSE
+        PERFORM tenant_guard._trail_note('change_api_key', NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200),
+                                         format('role %s, scopes %s, expires %s, revoked %s', NEW.role, NEW.scopes,
+                                                coalesce(NEW.expires_at::text, 'never'), coalesce(NEW.revoked_at::text, 'no')));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenant_guard._trail_secrets_changed()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1821,73 +1882,46 @@ AS $$
 DECLARE
     typ text;
 BEGIN
-    CASE TG_TABLE_NAME
-    WHEN 'organizations' THEN
-        IF TG_OP = 'INSERT' THEN
-            PERFORM tenant_guard._trail_note('create_organization', NEW.id, 'organization', NEW.id, NULL, NEW.name, NULL);
-        ELSIF TG_OP = 'DELETE' THEN
-            PERFORM tenant_guard._trail_note('delete_organization', OLD.id, 'organization', OLD.id, NULL, OLD.name, NULL);
+    typ := CASE coalesce(NEW.kind, OLD.kind) WHEN 'wordpress' THEN 'wordpress_credentials'
+                                             WHEN 'webhook' THEN 'webhook_secret' ELSE 'secret' END;
+    IF TG_OP = 'DELETE' THEN
+        PERFORM tenant_guard._trail_note(CASE typ WHEN 'secret' THEN 'delete_secret' ELSE 'delete_' || typ END,
+                                         OLD.org_id, typ, OLD.id, OLD.kind, OLD.name, NULL);
+    ELSE
+        PERFORM tenant_guard._trail_note(CASE typ WHEN 'secret' THEN 'put_secret' ELSE 'put_' || typ END,
+                                         NEW.org_id, typ, NEW.id, NEW.kind, NEW.name,
+                                         CASE TG_OP WHEN 'UPDATE' THEN 'replaced' ELSE 'new' END);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenant_guard._trail_webhook_endpoints_changed()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tenant_guard._trail_note('create_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url,
+                                         format('events %s', NEW.events));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM tenant_guard._trail_note('delete_webhook_endpoint', OLD.org_id, 'webhook_endpoint', OLD.id, NULL, OLD.url, NULL);
+    ELSE
+        IF OLD.active AND NOT NEW.active THEN
+            PERFORM tenant_guard._trail_note('disable_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url, NULL);
+        ELSIF NOT OLD.active AND NEW.active THEN
+            PERFORM tenant_guard._trail_note('enable_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url, NULL);
         END IF;
-    WHEN 'memberships' THEN
-        IF TG_OP IN ('UPDATE', 'DELETE') AND (TG_OP = 'DELETE' OR (NEW.org_id, NEW.user_id) IS DISTINCT FROM (OLD.org_id, OLD.user_id)) THEN
-            PERFORM tenant_guard._trail_note('remove_member', OLD.org_id, 'member', OLD.user_id, OLD.role, NULL, NULL);
+        IF NEW.previous_secret_until IS DISTINCT FROM OLD.previous_secret_until THEN
+            PERFORM tenant_guard._trail_note('rotate_webhook_secret', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url,
+                                             format('the previous secret signs too until %s', NEW.previous_secret_until));
         END IF;
-        IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND (NEW.org_id, NEW.user_id) IS DISTINCT FROM (OLD.org_id, OLD.user_id)) THEN
-            PERFORM tenant_guard._trail_note('add_member', NEW.org_id, 'member', NEW.user_id, NEW.role, NULL, NULL);
-        ELSIF TG_OP = 'UPDATE' AND NEW.role IS DISTINCT FROM OLD.role THEN
-            PERFORM tenant_guard._trail_note('set_member_role', NEW.org_id, 'member', NEW.user_id, NEW.role, NULL,
-                                             format('%s -> %s', OLD.role, NEW.role));
-        END IF;
-    WHEN 'api_keys' THEN
-        IF TG_OP = 'INSERT' THEN
-            PERFORM tenant_guard._trail_note(CASE WHEN NEW.created_by IS NULL THEN 'import_api_key' ELSE 'create_api_key' END,
-                                             NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200),
-                                             format('scopes %s, expires %s', NEW.scopes, coalesce(NEW.expires_at::text, 'never')));
-        ELSIF TG_OP = 'DELETE' THEN
-            PERFORM tenant_guard._trail_note('delete_api_key', OLD.org_id, 'api_key', OLD.id, OLD.role, left(OLD.name, 200), NULL);
-        ELSIF OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL THEN
-            PERFORM tenant_guard._trail_note('revoke_api_key', NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200), NULL);
-        ELSIF OLD.rotated_to IS NULL AND NEW.rotated_to IS NOT NULL THEN
-            PERFORM tenant_guard._trail_note('rotate_api_key', NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200),
-                                             format('replaced by %s; this key expires %s', NEW.rotated_to, NEW.expires_at));
-        ELSE
-            PERFORM tenant_guard._trail_note('change_api_key', NEW.org_id, 'api_key', NEW.id, NEW.role, left(NEW.name, 200),
-                                             format('role %s, scopes %s, expires %s, revoked %s', NEW.role, NEW.scopes,
-                                                    coalesce(NEW.expires_at::text, 'never'), coalesce(NEW.revoked_at::text, 'no')));
-        END IF;
-    WHEN 'secrets' THEN
-        typ := CASE coalesce(NEW.kind, OLD.kind) WHEN 'wordpress' THEN 'wordpress_credentials'
-                                                 WHEN 'webhook' THEN 'webhook_secret' ELSE 'secret' END;
-        IF TG_OP = 'DELETE' THEN
-            PERFORM tenant_guard._trail_note(CASE typ WHEN 'secret' THEN 'delete_secret' ELSE 'delete_' || typ END,
-                                             OLD.org_id, typ, OLD.id, OLD.kind, OLD.name, NULL);
-        ELSE
-            PERFORM tenant_guard._trail_note(CASE typ WHEN 'secret' THEN 'put_secret' ELSE 'put_' || typ END,
-                                             NEW.org_id, typ, NEW.id, NEW.kind, NEW.name,
-                                             CASE TG_OP WHEN 'UPDATE' THEN 'replaced' ELSE 'new' END);
-        END IF;
-    WHEN 'webhook_endpoints' THEN
-        IF TG_OP = 'INSERT' THEN
-            PERFORM tenant_guard._trail_note('create_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url,
+        IF (NEW.url, NEW.events, NEW.org_id) IS DISTINCT FROM (OLD.url, OLD.events, OLD.org_id) THEN
+            PERFORM tenant_guard._trail_note('change_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url,
                                              format('events %s', NEW.events));
-        ELSIF TG_OP = 'DELETE' THEN
-            PERFORM tenant_guard._trail_note('delete_webhook_endpoint', OLD.org_id, 'webhook_endpoint', OLD.id, NULL, OLD.url, NULL);
-        ELSE
-            IF OLD.active AND NOT NEW.active THEN
-                PERFORM tenant_guard._trail_note('disable_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url, NULL);
-            ELSIF NOT OLD.active AND NEW.active THEN
-                PERFORM tenant_guard._trail_note('enable_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url, NULL);
-            END IF;
-            IF NEW.previous_secret_until IS DISTINCT FROM OLD.previous_secret_until THEN
-                PERFORM tenant_guard._trail_note('rotate_webhook_secret', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url,
-                                                 format('the previous secret signs too until %s', NEW.previous_secret_until));
-            END IF;
-            IF (NEW.url, NEW.events, NEW.org_id) IS DISTINCT FROM (OLD.url, OLD.events, OLD.org_id) THEN
-                PERFORM tenant_guard._trail_note('change_webhook_endpoint', NEW.org_id, 'webhook_endpoint', NEW.id, NULL, NEW.url,
-                                                 format('events %s', NEW.events));
-            END IF;
         END IF;
-    END CASE;
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -1907,23 +1941,23 @@ $$;
 
 DROP TRIGGER IF EXISTS tenant_guard_audit_trail ON tenant_guard.organizations;
 CREATE TRIGGER tenant_guard_audit_trail AFTER INSERT OR DELETE ON tenant_guard.organizations
-    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_row_changed();
+    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_organizations_changed();
 DROP TRIGGER IF EXISTS tenant_guard_audit_trail ON tenant_guard.memberships;
 CREATE TRIGGER tenant_guard_audit_trail AFTER INSERT OR DELETE OR UPDATE OF org_id, user_id, role ON tenant_guard.memberships
-    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_row_changed();
+    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_memberships_changed();
 DROP TRIGGER IF EXISTS tenant_guard_audit_trail ON tenant_guard.api_keys;
 CREATE TRIGGER tenant_guard_audit_trail
     AFTER INSERT OR DELETE OR UPDATE OF org_id, role, scopes, expires_at, revoked_at, rotated_to, created_by
     ON tenant_guard.api_keys
-    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_row_changed();
+    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_api_keys_changed();
 DROP TRIGGER IF EXISTS tenant_guard_audit_trail ON tenant_guard.secrets;
 CREATE TRIGGER tenant_guard_audit_trail AFTER INSERT OR DELETE OR UPDATE OF org_id, kind, name, ciphertext ON tenant_guard.secrets
-    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_row_changed();
+    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_secrets_changed();
 DROP TRIGGER IF EXISTS tenant_guard_audit_trail ON tenant_guard.webhook_endpoints;
 CREATE TRIGGER tenant_guard_audit_trail
     AFTER INSERT OR DELETE OR UPDATE OF org_id, url, events, active, previous_secret_until
     ON tenant_guard.webhook_endpoints
-    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_row_changed();
+    FOR EACH ROW EXECUTE FUNCTION tenant_guard._trail_webhook_endpoints_changed();
 DROP TRIGGER IF EXISTS tenant_guard_audit_trail_truncate ON tenant_guard.organizations;
 CREATE TRIGGER tenant_guard_audit_trail_truncate AFTER TRUNCATE ON tenant_guard.organizations
     FOR EACH STATEMENT EXECUTE FUNCTION tenant_guard._trail_truncated();
@@ -1945,7 +1979,9 @@ REVOKE ALL ON SEQUENCE tenant_guard.audit_log_id_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION
     tenant_guard._trail_note(text, uuid, text, uuid, text, text, text, text),
     tenant_guard._trail_protect(oid, text, text),
-    tenant_guard._trail_row_changed(), tenant_guard._trail_truncated(),
+    tenant_guard._trail_organizations_changed(), tenant_guard._trail_memberships_changed(),
+    tenant_guard._trail_api_keys_changed(), tenant_guard._trail_secrets_changed(),
+    tenant_guard._trail_webhook_endpoints_changed(), tenant_guard._trail_truncated(),
     tenant_guard.verify_audit_log(bigint, bytea), tenant_guard.purge_audit_log(interval),
     tenant_guard.audit_log_queue()
 FROM PUBLIC;
@@ -3045,8 +3081,17 @@ DECLARE
         coalesce(pg_get_expr(p.polqual, p.polrelid), '-'), coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '-')), E'
 ' ORDER BY p.polname), '')
       FROM pg_catalog.pg_policy p WHERE p.polrelid = '%1$s'::regclass$q$;
-    t record;
-    pl record;
+    -- (Citus's catalog, there only where Citus is: hence dynamic SQL)
+    citus_tables constant text := $q$SELECT c.oid::regclass FROM pg_catalog.pg_dist_partition d JOIN pg_catalog.pg_class c ON c.oid = d.logicalrelid
+                                      WHERE c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
+                                      ORDER BY 1::text$q$;
+    placements constant text := 'SELECT shardid, nodename, nodeport, success, result FROM run_command_on_placements($1, $2)';
+    rel regclass;
+    shard bigint;
+    node text;
+    port integer;
+    ok boolean;
+    result text;
     mine text;
     bad text;
     mode_only boolean;
@@ -3055,17 +3100,14 @@ BEGIN
     IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
         RETURN;
     END IF;
-    FOR t IN EXECUTE $q$SELECT c.oid::regclass AS rel FROM pg_catalog.pg_dist_partition d JOIN pg_catalog.pg_class c ON c.oid = d.logicalrelid
-                        WHERE c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
-                        ORDER BY 1::text$q$ LOOP
-        EXECUTE replace(replace(describe, '%%', '%'), '%1$s', t.rel::oid::text) INTO mine;
+    FOR rel IN EXECUTE citus_tables LOOP
+        EXECUTE replace(replace(describe, '%%', '%'), '%1$s', rel::oid::text) INTO mine;
         bad := NULL;
         mode_only := true;
-        FOR pl IN EXECUTE 'SELECT shardid, nodename, nodeport, success, result FROM run_command_on_placements($1, $2)'
-                  USING t.rel, describe LOOP
-            IF NOT pl.success OR pl.result IS DISTINCT FROM mine THEN
-                bad := concat_ws(', ', bad, format('shard %s on %s:%s', pl.shardid, pl.nodename, pl.nodeport));
-                IF NOT pl.success OR regexp_replace(pl.result, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn')
+        FOR shard, node, port, ok, result IN EXECUTE placements USING rel, describe LOOP
+            IF NOT ok OR result IS DISTINCT FROM mine THEN
+                bad := concat_ws(', ', bad, format('shard %s on %s:%s', shard, node, port));
+                IF NOT ok OR regexp_replace(result, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn')
                                      IS DISTINCT FROM regexp_replace(mine, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn') THEN
                     mode_only := false;
                 END IF;
@@ -3074,17 +3116,17 @@ BEGIN
         CONTINUE WHEN bad IS NULL;
         -- Only the mode differs on a table protect() made: its permissive
         -- twins carry the same rule, so every shard still isolates orgs.
-        twins := (SELECT count(*) = 4 FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polpermissive
+        twins := (SELECT count(*) = 4 FROM pg_catalog.pg_policy p WHERE p.polrelid = rel AND p.polpermissive
                     AND p.polname IN ('tenant_guard_allow_select', 'tenant_guard_allow_insert', 'tenant_guard_allow_update', 'tenant_guard_allow_delete'));
         RETURN NEXT ROW('citus_shard_policies_differ', CASE WHEN mode_only AND twins THEN 'warn' ELSE 'error' END, ARRAY['SECURITY'],
-                        'table ' || t.rel::text,
-                        format('The row-level security policies of %s differ between the coordinator and %s%s.', t.rel, left(bad, 500),
+                        'table ' || rel::text,
+                        format('The row-level security policies of %s differ between the coordinator and %s%s.', rel, left(bad, 500),
                                CASE WHEN mode_only AND twins
                                     THEN ' in mode only (Citus copies policies without AS RESTRICTIVE; protect()''s permissive policies keep every shard isolated)'
                                     ELSE ': a shard may let other orgs'' rows through' END),
-                        CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polname LIKE 'tenant\_guard\_%')
-                             THEN format('SELECT tenant_guard.protect(%L);  -- re-creates the policies on the coordinator and, through Citus, on every shard', t.rel::text)
-                             ELSE format('-- re-create the policies of %s (DROP POLICY, then CREATE POLICY: Citus copies them to the shards); prefer SELECT tenant_guard.protect(%L)', t.rel, t.rel::text) END
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = rel AND p.polname LIKE 'tenant\_guard\_%')
+                             THEN format('SELECT tenant_guard.protect(%L);  -- re-creates the policies on the coordinator and, through Citus, on every shard', rel::text)
+                             ELSE format('-- re-create the policies of %s (DROP POLICY, then CREATE POLICY: Citus copies them to the shards); prefer SELECT tenant_guard.protect(%L)', rel, rel::text) END
                        )::tenant_guard.audit_finding;
     END LOOP;
 END

@@ -447,3 +447,283 @@ fn an_update_from_0_1_0_keeps_everything_and_equals_a_fresh_install() {
     assert!(n >= 2, "{n}");
     assert_eq!(val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log").as_deref(), Some("0"));
 }
+
+/// The extension's version (its Cargo.toml's, not this test crate's).
+fn extension_version() -> String {
+    let manifest = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("the version in Cargo.toml")
+        .to_string()
+}
+
+/// Run a command (with sudo when not root); its output, or a panic with it.
+fn run_as_root(cmd: &[&str]) -> String {
+    let root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let mut c = if root {
+        std::process::Command::new(cmd[0])
+    } else {
+        let mut c = std::process::Command::new("sudo");
+        c.arg(cmd[0]);
+        c
+    };
+    let out = c.args(&cmd[1..]).env("DEBIAN_FRONTEND", "noninteractive").output().expect(cmd[0]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// scripts/package.sh builds a .deb that `apt-get install ./….deb` installs
+/// on this machine (the library, the control file, this version's install
+/// script, 0.1.0's as it shipped and the update), and a server then creates
+/// the extension from it, at this version or at 0.1.0 and updated.
+#[test]
+fn the_debian_package_installs_with_apt_and_creates_the_extension() {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = std::env::temp_dir().join(format!("tenant_guard_deb_{}", std::process::id()));
+    let built = std::process::Command::new("bash")
+        .arg(format!("{repo}/scripts/package.sh"))
+        .arg("--debug")
+        .arg(&out)
+        .output()
+        .expect("scripts/package.sh");
+    assert!(built.status.success(), "scripts/package.sh failed:\n{}", String::from_utf8_lossy(&built.stderr));
+    let deb = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let version = extension_version();
+    let version = version.as_str();
+    assert!(deb.contains(&format!("postgresql-15-tenant-guard_{version}-1_")), "{deb}");
+
+    let contents = run_as_root(&["dpkg-deb", "--contents", &deb]);
+    for f in [
+        "./usr/lib/postgresql/15/lib/tenant_guard.so".to_string(),
+        "./usr/share/postgresql/15/extension/tenant_guard.control".to_string(),
+        format!("./usr/share/postgresql/15/extension/tenant_guard--{version}.sql"),
+        "./usr/share/postgresql/15/extension/tenant_guard--0.1.0.sql".to_string(),
+        format!("./usr/share/postgresql/15/extension/tenant_guard--0.1.0--{version}.sql"),
+    ] {
+        assert!(contents.contains(&f), "{f} is not in the package:\n{contents}");
+    }
+    run_as_root(&["apt-get", "install", "-y", "--allow-downgrades", "--reinstall", &deb]);
+    let status = run_as_root(&["dpkg-query", "-W", "-f=${Status} ${Version}", "postgresql-15-tenant-guard"]);
+    assert_eq!(status, format!("install ok installed {version}-1"));
+    // What is on disk is what the package holds.
+    run_as_root(&["dpkg", "--verify", "postgresql-15-tenant-guard"]);
+    let _ = std::fs::remove_dir_all(&out);
+
+    // A server with the library preloaded creates the extension from it
+    // (Cluster::start creates it in template1).
+    let c = Cluster::start(Options::default());
+    let mut dba = c.connect("template1", "dba");
+    assert_eq!(
+        val(&mut dba, "SELECT extversion FROM pg_extension WHERE extname = 'tenant_guard'").as_deref(),
+        Some(version)
+    );
+    let org = val(&mut dba, &format!("SELECT tenant_guard.create_organization('Pkg', '{OWNER_A}')")).unwrap();
+    assert_eq!(org.len(), 36);
+    exec(&mut c.connect("postgres", "dba"), "CREATE DATABASE from_0_1_0 TEMPLATE template0");
+    let mut old = c.connect("from_0_1_0", "dba");
+    exec(&mut old, "CREATE EXTENSION tenant_guard VERSION '0.1.0'; ALTER EXTENSION tenant_guard UPDATE");
+    assert_eq!(
+        val(&mut old, "SELECT extversion FROM pg_extension WHERE extname = 'tenant_guard'").as_deref(),
+        Some(version)
+    );
+}
+
+/// The README's pg_cron recipe, as written there: pg_cron preloaded beside
+/// tenant_guard, jobs run by background workers in the application's
+/// database: rotate_secrets() and purge_request_log() by a maintenance role
+/// in tenant_guard_service, purge_audit_log() by a superuser. (pg_cron 1.4,
+/// Debian's for PostgreSQL 15, schedules by the minute: the jobs here run
+/// every minute, and the test waits for their first runs.)
+#[test]
+fn scheduled_maintenance_with_pg_cron_runs_rotation_and_both_purges() {
+    let p1 = "cron-rotation-passphrase-one-0123456789ab";
+    let p2 = "cron-rotation-passphrase-two-ba9876543210";
+    let c = Cluster::start(Options {
+        preload_libraries: "pg_cron,tenant_guard".into(),
+        passphrase: p1.into(),
+        extra_conf: vec![
+            "cron.database_name = 'postgres'".into(),
+            "cron.use_background_workers = on".into(),
+            "max_worker_processes = 32".into(),
+        ],
+        ..Options::default()
+    });
+    let db = c.fresh_db();
+    let w = world(&db);
+    let mut svc = db.svc();
+    exec(
+        &mut svc,
+        &format!("SELECT count(tenant_guard.put_secret_for('{}', 'bulk', 's' || g, 'value-' || g)) FROM generate_series(1, 50) g", w.org_a),
+    );
+    exec(&mut svc, &format!("SELECT tenant_guard.get_secret('{}', 'bulk', 's1')", w.org_a));
+    // The passphrase changes; the old one stays readable until rotated away.
+    c.write_secrets(&format!(
+        "tenant_guard.passphrase = '{p2}'\ntenant_guard.old_passphrases = '{p1}'\ntenant_guard.jwt_secret = '{JWT_SECRET}'\n"
+    ));
+    let mut dba = db.dba();
+    // Request-log days older than the retention.
+    exec(
+        &mut dba,
+        "SELECT tenant_guard._request_log_partition((now() AT TIME ZONE 'UTC')::date - d) FROM generate_series(2, 4) d;
+         INSERT INTO tenant_guard.request_log (at, outcome) SELECT now() - d * interval '1 day', 'ok' FROM generate_series(2, 4) d, generate_series(1, 10);",
+    );
+    poll(&mut dba, "SELECT count(*) FROM tenant_guard.audit_log", 20, "trail entries", |v| v != "0");
+    let before = val(&mut dba, "SELECT max(id) FROM tenant_guard.audit_log").unwrap();
+
+    // The recipe.
+    let mut cron = c.connect("postgres", "dba");
+    exec(
+        &mut cron,
+        &format!(
+            "CREATE EXTENSION pg_cron;
+             CREATE ROLE tg_maintenance LOGIN IN ROLE tenant_guard_service;
+             SELECT cron.schedule_in_database('tenant_guard: rotate secrets', '* * * * *',
+                 $$SELECT tenant_guard.rotate_secrets(10000)$$, '{db}', 'tg_maintenance');
+             SELECT cron.schedule_in_database('tenant_guard: purge request log', '* * * * *',
+                 $$SELECT tenant_guard.purge_request_log('36 hours')$$, '{db}', 'tg_maintenance');
+             SELECT cron.schedule_in_database('tenant_guard: purge audit trail', '* * * * *',
+                 $$SELECT tenant_guard.purge_audit_log('0 seconds')$$, '{db}', 'dba');",
+            db = db.name
+        ),
+    );
+    let runs = poll(
+        &mut cron,
+        "SELECT count(DISTINCT jobid) FILTER (WHERE status = 'succeeded') || '/' || count(*) FILTER (WHERE status = 'failed')
+           FROM cron.job_run_details",
+        150,
+        "each job's first run",
+        |v| v.starts_with("3/") || !v.ends_with("/0"),
+    );
+    let failed = rows(&mut cron, "SELECT command, return_message FROM cron.job_run_details WHERE status = 'failed'");
+    assert_eq!(runs, "3/0", "{failed:?}");
+    // Stop them (the next minute's audit purge would remove what is checked below).
+    exec(&mut cron, "SELECT cron.unschedule(jobid) FROM cron.job");
+    poll(
+        &mut cron,
+        "SELECT count(*) FROM cron.job_run_details WHERE status NOT IN ('succeeded', 'failed')",
+        60,
+        "runs under way to end",
+        |v| v == "0",
+    );
+    assert_eq!(
+        val(&mut cron, "SELECT count(*) FROM cron.job_run_details WHERE status = 'failed'").as_deref(),
+        Some("0"),
+        "{:?}",
+        rows(&mut cron, "SELECT command, return_message FROM cron.job_run_details WHERE status = 'failed'")
+    );
+
+    // The rotation: every secret under the new passphrase, and still readable.
+    assert_eq!(val(&mut dba, "SELECT count(DISTINCT key_id) FROM tenant_guard.secrets").as_deref(), Some("1"));
+    assert_eq!(
+        val(&mut svc, &format!("SELECT tenant_guard.get_secret('{}', 'bulk', 's50')", w.org_a)).as_deref(),
+        Some("value-50")
+    );
+    // The request log: the old days gone, their partitions dropped.
+    assert_eq!(
+        val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE at < now() - interval '36 hours'")
+            .as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        val(&mut dba, "SELECT string_agg(task, ',' ORDER BY task) FROM tenant_guard.maintenance_runs").as_deref(),
+        Some("purge_audit_log,purge_request_log")
+    );
+    // The trail: the entries from before the jobs purged, the chain still
+    // verifying from its anchor, and the purge's own run recorded with the
+    // role it ran as.
+    assert_eq!(
+        val(&mut dba, &format!("SELECT count(*) FROM tenant_guard.audit_log WHERE id <= {before}")).as_deref(),
+        Some("0")
+    );
+    poll(
+        &mut dba,
+        "SELECT count(*) FROM tenant_guard.audit_log WHERE action = 'purge_audit_log' AND db_role = 'dba'",
+        30,
+        "the audit purge in the trail",
+        |v| v != "0",
+    );
+    assert_eq!(val(&mut dba, "SELECT verified FROM tenant_guard.verify_audit_log()").as_deref(), Some("t"));
+}
+
+/// plpgsql_check over the PL/pgSQL functions of `schema`: (function, line,
+/// level, message) of every finding that is an error, or a warning its
+/// function does not explain. A warning is explained by a comment line in
+/// the function's body: `-- plpgsql_check: "<the message>" <why it is fine>`.
+/// A trigger function is checked against each table it is a trigger of.
+fn plpgsql_lint(c: &mut Client, schema: &str) -> Vec<Vec<Option<String>>> {
+    rows(
+        c,
+        &format!(
+            r#"WITH fns AS (
+                 SELECT p.oid, p.prosrc, coalesce(t.tgrelid, 0) AS rel, p.prorettype = 'trigger'::regtype AS is_trigger
+                   FROM pg_proc p
+                   LEFT JOIN LATERAL (SELECT DISTINCT tgrelid FROM pg_trigger WHERE tgfoid = p.oid) t ON true
+                  WHERE p.pronamespace = '{schema}'::regnamespace
+                    AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql'))
+               SELECT f.oid::regprocedure::text, 'no table has it as a trigger: give the test one', 'error', ''
+                 FROM fns f WHERE f.is_trigger AND f.rel = 0
+               UNION ALL
+               SELECT f.oid::regprocedure::text || coalesce(' on ' || nullif(f.rel, 0)::regclass::text, ''),
+                      coalesce(r.lineno::text, '-'), r.level, r.message
+                 FROM fns f, plpgsql_check_function_tb(f.oid, f.rel, security_warnings => true) r
+                WHERE NOT (f.is_trigger AND f.rel = 0)
+                  AND (r.level = 'error'
+                       OR NOT f.prosrc ~ ('--\s*plpgsql_check:\s*"' || regexp_replace(r.message, '([^\w\s])', '\\\1', 'g') || '"\s*\S.{{9,}}'))
+               ORDER BY 1, 2"#
+        ),
+    )
+}
+
+/// Every PL/pgSQL function of the extension passes plpgsql_check (Debian's
+/// postgresql-15-plpgsql-check) with security warnings on: no error, and no
+/// warning that a comment beside it does not explain. The lint is shown to
+/// fail on a planted error and an unexplained warning.
+#[test]
+fn every_plpgsql_function_passes_plpgsql_check() {
+    let db = cluster().fresh_db();
+    let mut dba = db.dba();
+    exec(
+        &mut dba,
+        "CREATE EXTENSION plpgsql_check;
+         -- forbid_self_approval()'s trigger function needs a table to be checked against.
+         CREATE TABLE lint_approvals (id int, org_id uuid NOT NULL, requested_by uuid, approved_by uuid);
+         SELECT tenant_guard.protect('lint_approvals');
+         SELECT tenant_guard.forbid_self_approval('lint_approvals', 'requested_by', 'approved_by');",
+    );
+    let checked = val(
+        &mut dba,
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'tenant_guard'::regnamespace
+            AND prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql')",
+    )
+    .unwrap();
+    assert!(checked.parse::<i32>().unwrap() >= 25, "only {checked} PL/pgSQL functions found");
+    let findings = plpgsql_lint(&mut dba, "tenant_guard");
+    assert!(findings.is_empty(), "plpgsql_check findings: {findings:#?}");
+
+    // The lint itself: an error, an unexplained warning, an explained one.
+    exec(
+        &mut dba,
+        r#"CREATE SCHEMA lint_control;
+           CREATE FUNCTION lint_control.broken() RETURNS bigint LANGUAGE plpgsql AS $$
+           BEGIN
+               RETURN (SELECT count(no_such_column) FROM pg_class);
+           END $$;
+           CREATE FUNCTION lint_control.unexplained() RETURNS void LANGUAGE plpgsql AS $$
+           DECLARE
+               unused int;
+           BEGIN
+           END $$;
+           CREATE FUNCTION lint_control.explained() RETURNS void LANGUAGE plpgsql AS $$
+           DECLARE
+               -- plpgsql_check: "unused variable "unused"" kept for the example: it is never used
+               unused int;
+           BEGIN
+           END $$;"#,
+    );
+    let control: Vec<String> =
+        plpgsql_lint(&mut dba, "lint_control").into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(control, ["lint_control.broken()", "lint_control.unexplained()"], "{control:?}");
+}

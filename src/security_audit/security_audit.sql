@@ -712,8 +712,17 @@ DECLARE
         coalesce(pg_get_expr(p.polqual, p.polrelid), '-'), coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '-')), E'
 ' ORDER BY p.polname), '')
       FROM pg_catalog.pg_policy p WHERE p.polrelid = '%1$s'::regclass$q$;
-    t record;
-    pl record;
+    -- (Citus's catalog, there only where Citus is: hence dynamic SQL)
+    citus_tables constant text := $q$SELECT c.oid::regclass FROM pg_catalog.pg_dist_partition d JOIN pg_catalog.pg_class c ON c.oid = d.logicalrelid
+                                      WHERE c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
+                                      ORDER BY 1::text$q$;
+    placements constant text := 'SELECT shardid, nodename, nodeport, success, result FROM run_command_on_placements($1, $2)';
+    rel regclass;
+    shard bigint;
+    node text;
+    port integer;
+    ok boolean;
+    result text;
     mine text;
     bad text;
     mode_only boolean;
@@ -722,17 +731,14 @@ BEGIN
     IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
         RETURN;
     END IF;
-    FOR t IN EXECUTE $q$SELECT c.oid::regclass AS rel FROM pg_catalog.pg_dist_partition d JOIN pg_catalog.pg_class c ON c.oid = d.logicalrelid
-                        WHERE c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
-                        ORDER BY 1::text$q$ LOOP
-        EXECUTE replace(replace(describe, '%%', '%'), '%1$s', t.rel::oid::text) INTO mine;
+    FOR rel IN EXECUTE citus_tables LOOP
+        EXECUTE replace(replace(describe, '%%', '%'), '%1$s', rel::oid::text) INTO mine;
         bad := NULL;
         mode_only := true;
-        FOR pl IN EXECUTE 'SELECT shardid, nodename, nodeport, success, result FROM run_command_on_placements($1, $2)'
-                  USING t.rel, describe LOOP
-            IF NOT pl.success OR pl.result IS DISTINCT FROM mine THEN
-                bad := concat_ws(', ', bad, format('shard %s on %s:%s', pl.shardid, pl.nodename, pl.nodeport));
-                IF NOT pl.success OR regexp_replace(pl.result, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn')
+        FOR shard, node, port, ok, result IN EXECUTE placements USING rel, describe LOOP
+            IF NOT ok OR result IS DISTINCT FROM mine THEN
+                bad := concat_ws(', ', bad, format('shard %s on %s:%s', shard, node, port));
+                IF NOT ok OR regexp_replace(result, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn')
                                      IS DISTINCT FROM regexp_replace(mine, '^([^|]*\|[^|]*\|)[tf]\|', '\1?|', 'gn') THEN
                     mode_only := false;
                 END IF;
@@ -741,17 +747,17 @@ BEGIN
         CONTINUE WHEN bad IS NULL;
         -- Only the mode differs on a table protect() made: its permissive
         -- twins carry the same rule, so every shard still isolates orgs.
-        twins := (SELECT count(*) = 4 FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polpermissive
+        twins := (SELECT count(*) = 4 FROM pg_catalog.pg_policy p WHERE p.polrelid = rel AND p.polpermissive
                     AND p.polname IN ('tenant_guard_allow_select', 'tenant_guard_allow_insert', 'tenant_guard_allow_update', 'tenant_guard_allow_delete'));
         RETURN NEXT ROW('citus_shard_policies_differ', CASE WHEN mode_only AND twins THEN 'warn' ELSE 'error' END, ARRAY['SECURITY'],
-                        'table ' || t.rel::text,
-                        format('The row-level security policies of %s differ between the coordinator and %s%s.', t.rel, left(bad, 500),
+                        'table ' || rel::text,
+                        format('The row-level security policies of %s differ between the coordinator and %s%s.', rel, left(bad, 500),
                                CASE WHEN mode_only AND twins
                                     THEN ' in mode only (Citus copies policies without AS RESTRICTIVE; protect()''s permissive policies keep every shard isolated)'
                                     ELSE ': a shard may let other orgs'' rows through' END),
-                        CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel AND p.polname LIKE 'tenant\_guard\_%')
-                             THEN format('SELECT tenant_guard.protect(%L);  -- re-creates the policies on the coordinator and, through Citus, on every shard', t.rel::text)
-                             ELSE format('-- re-create the policies of %s (DROP POLICY, then CREATE POLICY: Citus copies them to the shards); prefer SELECT tenant_guard.protect(%L)', t.rel, t.rel::text) END
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = rel AND p.polname LIKE 'tenant\_guard\_%')
+                             THEN format('SELECT tenant_guard.protect(%L);  -- re-creates the policies on the coordinator and, through Citus, on every shard', rel::text)
+                             ELSE format('-- re-create the policies of %s (DROP POLICY, then CREATE POLICY: Citus copies them to the shards); prefer SELECT tenant_guard.protect(%L)', rel, rel::text) END
                        )::tenant_guard.audit_finding;
     END LOOP;
 END
