@@ -379,6 +379,33 @@ unsafe fn policy_qual(qual: *mut pg_sys::Node, rti: i32) -> Option<(*mut pg_sys:
     }
 }
 
+/// The same for a security qual that ORs such quals, all on the same column
+/// with the same role: what the permissive policies of a table protect()ed
+/// after create_distributed_table() add up to (`tenant_guard_select` and
+/// `tenant_guard_allow_select` are both permissive there).
+unsafe fn policy_quals(qual: *mut pg_sys::Node, rti: i32) -> Option<(*mut pg_sys::Var, String)> {
+    // SAFETY: `qual` is a node of a security qual list.
+    unsafe {
+        if qual.is_null() || (*qual).type_ != pg_sys::NodeTag::T_BoolExpr {
+            return policy_qual(qual, rti);
+        }
+        let b = qual.cast::<pg_sys::BoolExpr>();
+        if (*b).boolop != pg_sys::BoolExprType::OR_EXPR {
+            return None;
+        }
+        let mut first: Option<(*mut pg_sys::Var, String)> = None;
+        for arg in pgrx::PgList::<pg_sys::Node>::from_pg((*b).args).iter_ptr() {
+            let (var, role) = policy_qual(arg, rti)?;
+            match &first {
+                None => first = Some((var, role)),
+                Some((v, r)) if (**v).varattno == (*var).varattno && *r == role => {}
+                Some(_) => return None,
+            }
+        }
+        first
+    }
+}
+
 /// Whether range table entry `rti` is scanned at the top of `q`'s join
 /// tree, or under inner joins only (a WHERE qual on it then means the same
 /// as a qual on its scan).
@@ -424,7 +451,7 @@ unsafe fn add_org_quals(q: *mut pg_sys::Query) {
             }
             let quals = pgrx::PgList::<pg_sys::Node>::from_pg((*rte).securityQuals);
             for qual in quals.iter_ptr() {
-                let Some((var, role)) = policy_qual(qual, rti) else { continue };
+                let Some((var, role)) = policy_quals(qual, rti) else { continue };
                 let org = crate::context::current_org_id_if(Some(&role));
                 let value: Option<Uuid> = org;
                 let datum = value.into_datum();
