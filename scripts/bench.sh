@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tenant_guard-target}"
 export PG_CONFIG=/usr/bin/pg_config
-sudo_flag=""; [ "$(id -u)" -eq 0 ] || sudo_flag="--sudo"
-cargo pgrx install --release --pg-config "$PG_CONFIG" $sudo_flag
+bash scripts/install.sh --release
 benches=("$@"); [ "${#benches[@]}" -gt 0 ] || benches=(rls context apikeys secrets webhooks audit citus purge)
 for b in "${benches[@]}"; do
     cargo run --release -q -p tenant_guard_harness --bin "bench_$b"

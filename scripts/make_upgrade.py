@@ -9,7 +9,8 @@ sql/upgrade/FROM--TO.post.sql. What "made to run over" means:
   .pre.sql changes it), and CREATE INDEX becomes CREATE INDEX IF NOT EXISTS;
 - CREATE POLICY, CREATE TRIGGER and CREATE EVENT TRIGGER drop the object
   of that name first (a CREATE POLICY names its table on its first line);
-- the role ladder's INSERT updates what is there.
+- the role ladder's INSERT updates what is there;
+- pgrx's `-- file.rs:line` comments are left out.
 
 Usage: scripts/make_upgrade.py FROM TO TO-install-script.sql [OUTPUT]
 (OUTPUT defaults to sql/tenant_guard--FROM--TO.sql; scripts/install.sh
@@ -32,6 +33,10 @@ out = []
 skipping = False
 trigger = []
 for line in install.read_text().splitlines():
+    # pgrx's source-location comments: they change with every edit of the
+    # Rust code and say nothing to the update.
+    if re.match(r"^-- \S+\.rs:\d+$", line):
+        continue
     if trigger or re.match(r"^CREATE TRIGGER (\w+)", line):
         trigger.append(line)
         if line.rstrip().endswith(";"):

@@ -46,7 +46,6 @@ The ordering of items is not stable, it is driven by a dependency graph.
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:37
 -- bootstrap
 -- tenant_guard: the schema's privileges and the service role (runs first).
 -- Every capability's SQL lives beside its Rust code in src/<capability>/;
@@ -65,7 +64,6 @@ GRANT USAGE ON SCHEMA tenant_guard TO PUBLIC;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/citus/mod.rs:39
 -- tenant_guard::citus::_is_citus_table
 CREATE OR REPLACE FUNCTION "_is_citus_table"(
 	"tbl" oid /* pg_sys :: Oid */
@@ -76,7 +74,6 @@ AS 'MODULE_PATHNAME', '_is_citus_table_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/citus/mod.rs:36
 -- requires:
 --   schema
 --   _is_citus_table
@@ -89,7 +86,6 @@ GRANT EXECUTE ON FUNCTION tenant_guard._is_citus_table(oid) TO PUBLIC;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/security_audit/mod.rs:128
 -- tenant_guard::security_audit::_key_status
 CREATE OR REPLACE FUNCTION "_key_status"() RETURNS TABLE (
 	"passphrase" TEXT,  /* & '_ str */
@@ -103,7 +99,6 @@ AS 'MODULE_PATHNAME', '_key_status_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:141
 -- tenant_guard::context::_note_rights_changed
 CREATE OR REPLACE FUNCTION "_note_rights_changed"() RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE
@@ -112,7 +107,6 @@ AS 'MODULE_PATHNAME', '_note_rights_changed_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/protection/mod.rs:41
 -- tenant_guard::protection::_note_unprotected_table
 CREATE OR REPLACE FUNCTION "_note_unprotected_table"(
 	"tbl" oid /* pg_sys :: Oid */
@@ -123,7 +117,6 @@ AS 'MODULE_PATHNAME', '_note_unprotected_table_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/endpoints.rs:116
 -- tenant_guard::webhooks::endpoints::_outbox_admit
 CREATE OR REPLACE FUNCTION "_outbox_admit"(
 	"org_id" uuid, /* Option < Uuid > */
@@ -135,7 +128,6 @@ AS 'MODULE_PATHNAME', '_outbox_admit_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/endpoints.rs:108
 -- tenant_guard::webhooks::endpoints::_outbox_max_payload
 CREATE OR REPLACE FUNCTION "_outbox_max_payload"() RETURNS INT /* i32 */
 IMMUTABLE STRICT PARALLEL SAFE
@@ -144,7 +136,6 @@ AS 'MODULE_PATHNAME', '_outbox_max_payload_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/security_audit/mod.rs:24
 -- tenant_guard::security_audit::_policy_shape
 CREATE OR REPLACE FUNCTION "_policy_shape"(
 	"expr" TEXT, /* Option < & str > */
@@ -157,7 +148,6 @@ AS 'MODULE_PATHNAME', '_policy_shape_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/rate_limit/mod.rs:161
 -- tenant_guard::rate_limit::_rate_limit
 CREATE OR REPLACE FUNCTION "_rate_limit"(
 	"bucket" TEXT, /* Option < & str > */
@@ -171,7 +161,6 @@ AS 'MODULE_PATHNAME', '_rate_limit_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/rate_limit/mod.rs:14
 -- requires:
 --   schema
 --   _rate_limit
@@ -191,7 +180,6 @@ GRANT EXECUTE ON FUNCTION tenant_guard.rate_limit(text, int, interval, int), ten
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:393
 -- tenant_guard::context::_require_user_role
 CREATE OR REPLACE FUNCTION "_require_user_role"(
 	"min_role" TEXT /* Option < & str > */
@@ -202,7 +190,6 @@ AS 'MODULE_PATHNAME', '_require_user_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/organizations/mod.rs:16
 -- tenant_guard::organizations::_role_ladder
 CREATE OR REPLACE FUNCTION "_role_ladder"() RETURNS TABLE (
 	"name" TEXT,  /* String */
@@ -214,7 +201,6 @@ AS 'MODULE_PATHNAME', '_role_ladder_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/audit_trail/mod.rs:591
 -- tenant_guard::audit_trail::_trail_note
 CREATE OR REPLACE FUNCTION "_trail_note"(
 	"action" TEXT, /* & str */
@@ -232,7 +218,6 @@ AS 'MODULE_PATHNAME', '_trail_note_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/audit_trail/mod.rs:651
 -- tenant_guard::audit_trail::_trail_protect
 CREATE OR REPLACE FUNCTION "_trail_protect"(
 	"tbl" oid, /* Option < pg_sys :: Oid > */
@@ -245,7 +230,6 @@ AS 'MODULE_PATHNAME', '_trail_protect_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/endpoints.rs:95
 -- tenant_guard::webhooks::endpoints::_webhook_msg_id
 CREATE OR REPLACE FUNCTION "_webhook_msg_id"() RETURNS TEXT /* String */
 STRICT VOLATILE PARALLEL UNSAFE
@@ -254,7 +238,6 @@ AS 'MODULE_PATHNAME', '_webhook_msg_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/endpoints.rs:38
 -- tenant_guard::webhooks::endpoints::_webhook_new_secret
 CREATE OR REPLACE FUNCTION "_webhook_new_secret"(
 	"org_id" uuid, /* Uuid */
@@ -267,7 +250,6 @@ AS 'MODULE_PATHNAME', '_webhook_new_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/endpoints.rs:48
 -- tenant_guard::webhooks::endpoints::_webhook_retire_secret
 CREATE OR REPLACE FUNCTION "_webhook_retire_secret"(
 	"org_id" uuid, /* Uuid */
@@ -279,7 +261,6 @@ AS 'MODULE_PATHNAME', '_webhook_retire_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/endpoints.rs:59
 -- tenant_guard::webhooks::endpoints::_webhook_signature
 CREATE OR REPLACE FUNCTION "_webhook_signature"(
 	"org_id" uuid, /* Uuid */
@@ -295,7 +276,6 @@ AS 'MODULE_PATHNAME', '_webhook_signature_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/endpoints.rs:14
 -- tenant_guard::webhooks::endpoints::_webhook_url
 CREATE OR REPLACE FUNCTION "_webhook_url"(
 	"url" TEXT /* Option < & str > */
@@ -306,7 +286,6 @@ AS 'MODULE_PATHNAME', '_webhook_url_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:536
 -- tenant_guard::context::assume
 CREATE OR REPLACE FUNCTION "assume"(
 	"org_id" uuid, /* Option < Uuid > */
@@ -318,7 +297,6 @@ AS 'MODULE_PATHNAME', 'assume_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/audit_trail/mod.rs:895
 -- tenant_guard::audit_trail::audit_log_queue
 CREATE OR REPLACE FUNCTION "audit_log_queue"() RETURNS TABLE (
 	"queued" bigint,  /* i64 */
@@ -332,7 +310,6 @@ AS 'MODULE_PATHNAME', 'audit_log_queue_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api_keys/mod.rs:120
 -- tenant_guard::api_keys::authenticate
 CREATE OR REPLACE FUNCTION "authenticate"(
 	"api_key" TEXT, /* Option < & str > */
@@ -345,7 +322,6 @@ AS 'MODULE_PATHNAME', 'authenticate_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:467
 -- tenant_guard::context::authenticate_jwt
 CREATE OR REPLACE FUNCTION "authenticate_jwt"(
 	"token" TEXT /* Option < & str > */
@@ -356,7 +332,6 @@ AS 'MODULE_PATHNAME', 'authenticate_jwt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:437
 -- tenant_guard::context::clear_context
 CREATE OR REPLACE FUNCTION "clear_context"() RETURNS void
 STRICT
@@ -365,7 +340,6 @@ AS 'MODULE_PATHNAME', 'clear_context_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api_keys/mod.rs:266
 -- tenant_guard::api_keys::create_api_key
 CREATE OR REPLACE FUNCTION "create_api_key"(
 	"name" TEXT, /* Option < & str > */
@@ -384,7 +358,6 @@ AS 'MODULE_PATHNAME', 'create_api_key_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:325
 -- tenant_guard::context::current_api_key_id
 CREATE OR REPLACE FUNCTION "current_api_key_id"() RETURNS uuid /* Option < Uuid > */
 STRICT STABLE PARALLEL SAFE
@@ -393,7 +366,6 @@ AS 'MODULE_PATHNAME', 'current_api_key_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:298
 -- tenant_guard::context::current_org_id
 CREATE OR REPLACE FUNCTION "current_org_id"() RETURNS uuid /* Option < Uuid > */
 STRICT STABLE PARALLEL SAFE
@@ -402,7 +374,6 @@ AS 'MODULE_PATHNAME', 'current_org_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/organizations/mod.rs:8
 -- requires:
 --   schema
 --   context::current_org_id
@@ -667,7 +638,6 @@ GRANT EXECUTE ON FUNCTION tenant_guard.create_organization(text, uuid) TO tenant
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:306
 -- tenant_guard::context::current_org_id_if
 CREATE OR REPLACE FUNCTION "current_org_id_if"(
 	"min_role" TEXT /* Option < & str > */
@@ -678,7 +648,6 @@ AS 'MODULE_PATHNAME', 'current_org_id_if_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:331
 -- tenant_guard::context::current_scopes
 CREATE OR REPLACE FUNCTION "current_scopes"() RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
 STRICT STABLE PARALLEL SAFE
@@ -687,7 +656,6 @@ AS 'MODULE_PATHNAME', 'current_scopes_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:313
 -- tenant_guard::context::current_user_id
 CREATE OR REPLACE FUNCTION "current_user_id"() RETURNS uuid /* Option < Uuid > */
 STRICT STABLE PARALLEL SAFE
@@ -696,7 +664,6 @@ AS 'MODULE_PATHNAME', 'current_user_id_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:319
 -- tenant_guard::context::current_user_role
 CREATE OR REPLACE FUNCTION "current_user_role"() RETURNS TEXT /* Option < String > */
 STRICT STABLE PARALLEL SAFE
@@ -705,7 +672,6 @@ AS 'MODULE_PATHNAME', 'current_user_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/mod.rs:91
 -- tenant_guard::secrets::decrypt
 CREATE OR REPLACE FUNCTION "decrypt"(
 	"ciphertext" bytea, /* & [u8] */
@@ -718,7 +684,6 @@ AS 'MODULE_PATHNAME', 'decrypt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/mod.rs:228
 -- tenant_guard::secrets::delete_secret
 CREATE OR REPLACE FUNCTION "delete_secret"(
 	"kind" TEXT, /* & str */
@@ -731,7 +696,6 @@ AS 'MODULE_PATHNAME', 'delete_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/mod.rs:83
 -- tenant_guard::secrets::encrypt
 CREATE OR REPLACE FUNCTION "encrypt"(
 	"plaintext" bytea, /* & [u8] */
@@ -744,7 +708,6 @@ AS 'MODULE_PATHNAME', 'encrypt_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/mod.rs:211
 -- tenant_guard::secrets::get_secret
 CREATE OR REPLACE FUNCTION "get_secret"(
 	"org_id" uuid, /* Uuid */
@@ -757,7 +720,6 @@ AS 'MODULE_PATHNAME', 'get_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/wordpress.rs:100
 -- tenant_guard::secrets::wordpress::get_wordpress_credentials
 CREATE OR REPLACE FUNCTION "get_wordpress_credentials"(
 	"org_id" uuid, /* Uuid */
@@ -773,7 +735,6 @@ AS 'MODULE_PATHNAME', 'get_wordpress_credentials_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:338
 -- tenant_guard::context::has_role
 CREATE OR REPLACE FUNCTION "has_role"(
 	"min_role" TEXT /* Option < & str > */
@@ -784,7 +745,6 @@ AS 'MODULE_PATHNAME', 'has_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:415
 -- tenant_guard::context::has_scope
 CREATE OR REPLACE FUNCTION "has_scope"(
 	"scope" TEXT /* Option < & str > */
@@ -795,7 +755,6 @@ AS 'MODULE_PATHNAME', 'has_scope_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/mod.rs:49
 -- tenant_guard::webhooks::hmac_sha256
 CREATE OR REPLACE FUNCTION "hmac_sha256"(
 	"data" bytea, /* & [u8] */
@@ -807,7 +766,6 @@ AS 'MODULE_PATHNAME', 'hmac_sha256_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api_keys/mod.rs:366
 -- tenant_guard::api_keys::import_api_key_hash
 CREATE OR REPLACE FUNCTION "import_api_key_hash"(
 	"org_id" uuid, /* Option < Uuid > */
@@ -826,7 +784,6 @@ AS 'MODULE_PATHNAME', 'import_api_key_hash_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/audit_trail/mod.rs:1070
 -- tenant_guard::audit_trail::purge_audit_log
 CREATE OR REPLACE FUNCTION "purge_audit_log"(
 	"older_than" interval /* Option < Interval > */
@@ -837,7 +794,6 @@ AS 'MODULE_PATHNAME', 'purge_audit_log_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/mod.rs:187
 -- tenant_guard::secrets::put_secret
 CREATE OR REPLACE FUNCTION "put_secret"(
 	"kind" TEXT, /* & str */
@@ -851,7 +807,6 @@ AS 'MODULE_PATHNAME', 'put_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/mod.rs:198
 -- tenant_guard::secrets::put_secret_for
 CREATE OR REPLACE FUNCTION "put_secret_for"(
 	"org_id" uuid, /* Uuid */
@@ -866,7 +821,6 @@ AS 'MODULE_PATHNAME', 'put_secret_for_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/wordpress.rs:72
 -- tenant_guard::secrets::wordpress::put_wordpress_credentials
 CREATE OR REPLACE FUNCTION "put_wordpress_credentials"(
 	"site_url" TEXT, /* & str */
@@ -880,7 +834,6 @@ AS 'MODULE_PATHNAME', 'put_wordpress_credentials_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/request_log/mod.rs:579
 -- tenant_guard::request_log::request_log_queue
 CREATE OR REPLACE FUNCTION "request_log_queue"() RETURNS TABLE (
 	"queued" bigint,  /* i64 */
@@ -892,7 +845,6 @@ AS 'MODULE_PATHNAME', 'request_log_queue_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/request_log/mod.rs:22
 -- requires:
 --   schema
 --   request_log_queue
@@ -1032,7 +984,6 @@ GRANT EXECUTE ON FUNCTION tenant_guard.purge_request_log(interval), tenant_guard
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:371
 -- tenant_guard::context::require_role
 CREATE OR REPLACE FUNCTION "require_role"(
 	"min_role" TEXT /* Option < & str > */
@@ -1043,7 +994,6 @@ AS 'MODULE_PATHNAME', 'require_role_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:424
 -- tenant_guard::context::require_scope
 CREATE OR REPLACE FUNCTION "require_scope"(
 	"scope" TEXT /* Option < & str > */
@@ -1054,7 +1004,6 @@ AS 'MODULE_PATHNAME', 'require_scope_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/context/mod.rs:21
 -- requires:
 --   current_org_id
 --   current_org_id_if
@@ -1094,7 +1043,6 @@ GRANT EXECUTE ON FUNCTION tenant_guard.assume(uuid, uuid) TO tenant_guard_servic
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api_keys/mod.rs:306
 -- tenant_guard::api_keys::rotate_api_key
 CREATE OR REPLACE FUNCTION "rotate_api_key"(
 	"key_id" uuid, /* Option < Uuid > */
@@ -1110,7 +1058,6 @@ AS 'MODULE_PATHNAME', 'rotate_api_key_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api_keys/mod.rs:20
 -- requires:
 --   organizations
 --   authenticate
@@ -1184,7 +1131,6 @@ GRANT SELECT ON tenant_guard.api_keys TO tenant_guard_service;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/rotation.rs:17
 -- tenant_guard::secrets::rotation::rotate_secrets
 CREATE OR REPLACE FUNCTION "rotate_secrets"(
 	"batch_size" INT DEFAULT 1000 /* i32 */
@@ -1196,7 +1142,6 @@ AS 'MODULE_PATHNAME', 'rotate_secrets_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/audit_trail/mod.rs:964
 -- tenant_guard::audit_trail::verify_audit_log
 CREATE OR REPLACE FUNCTION "verify_audit_log"(
 	"known_seq" bigint DEFAULT NULL, /* Option < i64 > */
@@ -1216,7 +1161,6 @@ AS 'MODULE_PATHNAME', 'verify_audit_log_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/mod.rs:103
 -- tenant_guard::webhooks::verify_github_signature
 CREATE OR REPLACE FUNCTION "verify_github_signature"(
 	"secret" TEXT, /* Option < & str > */
@@ -1229,7 +1173,6 @@ AS 'MODULE_PATHNAME', 'verify_github_signature_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/mod.rs:109
 -- tenant_guard::webhooks::verify_slack_signature
 CREATE OR REPLACE FUNCTION "verify_slack_signature"(
 	"secret" TEXT, /* Option < & str > */
@@ -1244,7 +1187,6 @@ AS 'MODULE_PATHNAME', 'verify_slack_signature_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/mod.rs:92
 -- tenant_guard::webhooks::verify_stripe_signature
 CREATE OR REPLACE FUNCTION "verify_stripe_signature"(
 	"secret" TEXT, /* Option < & str > */
@@ -1258,7 +1200,6 @@ AS 'MODULE_PATHNAME', 'verify_stripe_signature_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/mod.rs:57
 -- tenant_guard::webhooks::webhook_sign
 CREATE OR REPLACE FUNCTION "webhook_sign"(
 	"secret" TEXT, /* & str */
@@ -1273,7 +1214,6 @@ AS 'MODULE_PATHNAME', 'webhook_sign_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/mod.rs:66
 -- tenant_guard::webhooks::webhook_verify
 CREATE OR REPLACE FUNCTION "webhook_verify"(
 	"secret" TEXT, /* Option < & str > */
@@ -1289,7 +1229,6 @@ AS 'MODULE_PATHNAME', 'webhook_verify_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/wordpress.rs:125
 -- tenant_guard::secrets::wordpress::wordpress_authorization
 CREATE OR REPLACE FUNCTION "wordpress_authorization"(
 	"org_id" uuid, /* Uuid */
@@ -1302,7 +1241,6 @@ AS 'MODULE_PATHNAME', 'wordpress_authorization_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/secrets/mod.rs:17
 -- requires:
 --   organizations
 --   encrypt
@@ -1400,7 +1338,6 @@ ALTER FUNCTION tenant_guard.decrypt(bytea, bytea) SET log_min_error_statement = 
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhooks/mod.rs:11
 -- requires:
 --   organizations
 --   secrets
@@ -1729,7 +1666,6 @@ ALTER FUNCTION tenant_guard.webhook_verify_once(text, text, text, bigint, text, 
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/audit_trail/mod.rs:38
 -- requires:
 --   organizations
 --   api_keys
@@ -1996,7 +1932,6 @@ GRANT SELECT ON tenant_guard.audit_log, tenant_guard.audit_log_anchor TO tenant_
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/protection/mod.rs:19
 -- requires:
 --   organizations
 --   context
@@ -2356,7 +2291,6 @@ TO PUBLIC;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/security_audit/mod.rs:15
 -- requires:
 --   protection
 --   request_log
@@ -3202,7 +3136,6 @@ REVOKE ALL ON FUNCTION tenant_guard._audit_untrusted(), tenant_guard._audit_expo
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:38
 -- finalize
 -- Runs last: the rule that every function of the schema was revoked from
 -- PUBLIC by its capability's file before anything was granted. A function

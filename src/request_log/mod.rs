@@ -35,7 +35,9 @@ const STALE_US: i64 = 5_000_000;
 /// Once this many entries are queued, the enqueuer wakes its database's
 /// writer instead of leaving them to its next 100 ms poll (at tens of
 /// thousands of calls a second, one poll's worth would overflow the queue).
-const WAKE_AT: usize = QUEUE / 4;
+/// Half the queue: a writer woken earlier runs beside its callers on the
+/// same cores more often than it needs to (bench/audit.rs shows the cost).
+const WAKE_AT: usize = QUEUE / 2;
 /// When the queue is full, a caller waits up to this long for the writer to
 /// make room (back-pressure) before its entry is dropped and counted.
 const MAX_WAIT_US: i64 = 1_000_000;
@@ -78,7 +80,6 @@ pub const KIND_AUDIT: u8 = 1;
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct Entry {
-    used: bool,
     kind: u8,
     /// An audit entry that is not `allowed`, or a request that is not `ok`.
     failure: bool,
@@ -99,7 +100,6 @@ pub struct Entry {
 }
 
 const EMPTY: Entry = Entry {
-    used: false,
     kind: KIND_REQUEST,
     failure: false,
     outcome: 0,
@@ -116,6 +116,25 @@ const EMPTY: Entry = Entry {
     addr: [0; ADDR_MAX],
     audit: crate::audit_trail::Fields::EMPTY,
 };
+
+/// What the holders of the queue's lock need to know of a slot without
+/// reading its entry (a kilobyte, mostly text): scans of the queue read
+/// these 16 bytes a slot, so that they hold the lock for microseconds.
+#[derive(Copy, Clone)]
+#[repr(C)]
+struct Slot {
+    /// The entry's database; 0: the slot is free.
+    db: u32,
+    kind: u8,
+    failure: bool,
+    seq: u64,
+}
+
+const FREE: Slot = Slot { db: 0, kind: KIND_REQUEST, failure: false, seq: 0 };
+
+/// The most entries a writer takes from the queue at a time: what it copies
+/// out while holding the lock (enqueuers wait meanwhile) stays small.
+const TAKE_MAX: usize = 1024;
 
 #[derive(Copy, Clone)]
 #[repr(C)]
@@ -134,6 +153,8 @@ pub struct Worker {
 #[repr(C)]
 pub struct LogState {
     workers: [Worker; WORKERS],
+    /// Slot i of the queue: which entry ENTRIES[i] holds, if any.
+    slots: [Slot; QUEUE],
     next_seq: u64,
     dropped: u64,
     cursor: usize,
@@ -168,6 +189,7 @@ impl LogState {
     const fn new() -> LogState {
         LogState {
             workers: [Worker { db: 0, state: 0, heartbeat: 0, latch: 0, pid: 0 }; WORKERS],
+            slots: [FREE; QUEUE],
             next_seq: 1,
             dropped: 0,
             cursor: 0,
@@ -332,6 +354,28 @@ pub(crate) fn unreserve(n: usize) {
     s.reserved = s.reserved.saturating_sub(n);
 }
 
+/// Under the lock: put `e` in the first free slot from the cursor, with the
+/// next sequence number, and count it. False when every slot is taken.
+fn place(s: &mut LogState, entries: &mut [Entry], mut e: Entry) -> bool {
+    let start = s.cursor;
+    let Some(i) = (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| s.slots[i].db == 0) else {
+        return false;
+    };
+    if e.failure {
+        s.failures += 1;
+    }
+    if e.kind == KIND_REQUEST {
+        s.requests += 1;
+    }
+    e.seq = s.next_seq;
+    s.next_seq += 1;
+    s.cursor = (i + 1) % QUEUE;
+    s.queued += 1;
+    s.slots[i] = Slot { db: e.db, kind: e.kind, failure: e.failure, seq: e.seq };
+    entries[i] = e;
+    true
+}
+
 /// Queue an entry into room reserved for it (at commit or abort): never
 /// waits, never raises; the reservation goes down by one either way.
 pub(crate) fn enqueue_reserved(mut e: Entry) -> bool {
@@ -344,20 +388,10 @@ pub(crate) fn enqueue_reserved(mut e: Entry) -> bool {
     let mut guard = LOG.exclusive();
     let (s, entries) = split(&mut guard);
     s.reserved = s.reserved.saturating_sub(1);
-    let start = s.cursor;
-    let Some(i) = (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !entries[i].used) else {
+    if !place(s, entries, e) {
         count_drop(s, &e);
         return false;
-    };
-    if e.failure {
-        s.failures += 1;
     }
-    e.seq = s.next_seq;
-    s.next_seq += 1;
-    s.cursor = (i + 1) % QUEUE;
-    s.queued += 1;
-    e.used = true;
-    entries[i] = e;
     let launch = claim_worker(s, db, now);
     drop(guard);
     if let Some(idx) = launch {
@@ -400,9 +434,7 @@ fn enqueue_counting(mut e: Entry, wait: bool, count: bool) -> bool {
     let (launch, wake, queued) = loop {
         let mut guard = LOG.exclusive();
         let (s, entries) = split(&mut guard);
-        let start = s.cursor;
-        let slot = if full(s, &e) { None } else { (0..QUEUE).map(|i| (start + i) % QUEUE).find(|&i| !entries[i].used) };
-        let Some(i) = slot else {
+        if full(s, &e) || !place(s, entries, e) {
             // Full: wait for our writer to make room rather than lose the
             // entry, if that can help (see worth_waiting); otherwise, or after
             // MAX_WAIT_US, drop it and count it.
@@ -411,7 +443,7 @@ fn enqueue_counting(mut e: Entry, wait: bool, count: bool) -> bool {
                 && match may_wait {
                     Some((w, at)) if t - at < 10_000 => w,
                     _ => {
-                        let w = worth_waiting(&s.workers, entries, db, t, &e);
+                        let w = worth_waiting(&s.workers, &s.slots, db, t, &e);
                         may_wait = Some((w, t));
                         w
                     }
@@ -442,19 +474,7 @@ fn enqueue_counting(mut e: Entry, wait: bool, count: bool) -> bool {
                     break (claim_worker(s, db, now), None, false);
                 }
             }
-        };
-        if e.failure {
-            s.failures += 1;
         }
-        if e.kind == KIND_REQUEST {
-            s.requests += 1;
-        }
-        e.seq = s.next_seq;
-        s.next_seq += 1;
-        s.cursor = (i + 1) % QUEUE;
-        s.queued += 1;
-        e.used = true;
-        entries[i] = e;
         let launch = claim_worker(s, db, now);
         let wake = if s.queued >= WAKE_AT {
             s.workers.iter().find(|w| w.db == db && w.state == 2 && w.latch != 0).map(|w| w.latch)
@@ -537,7 +557,7 @@ const DRAINING_US: i64 = 1_000_000;
 /// 16 slots taken; or it is stalled or failing): the queue is shared, and
 /// waiting on entries that do not drain would only delay every caller by
 /// MAX_WAIT_US before dropping anyway.
-fn worth_waiting(workers: &[Worker], entries: &[Entry], db: u32, now: i64, e: &Entry) -> bool {
+fn worth_waiting(workers: &[Worker], slots: &[Slot], db: u32, now: i64, e: &Entry) -> bool {
     let ours_live = workers.iter().any(|w| w.db == db && w.state == 2 && w.latch != 0 && now - w.heartbeat < STALE_US);
     if !ours_live {
         return false;
@@ -545,7 +565,7 @@ fn worth_waiting(workers: &[Worker], entries: &[Entry], db: u32, now: i64, e: &E
     let draining =
         |d: u32| d == db || workers.iter().any(|w| w.db == d && w.state == 2 && now - w.heartbeat < DRAINING_US);
     let stuck =
-        |class: &dyn Fn(&Entry) -> bool| entries.iter().filter(|x| x.used && class(x) && !draining(x.db)).count();
+        |class: &dyn Fn(&Slot) -> bool| slots.iter().filter(|x| x.db != 0 && class(x) && !draining(x.db)).count();
     // Each room `e` needs (the whole queue; the failures' half; the request
     // log's three quarters) must be at most half held by stuck entries.
     let mut worth = stuck(&|_| true) <= QUEUE / 2;
@@ -583,7 +603,6 @@ fn request_log_queue() -> TableIterator<'static, (name!(queued, i64), name!(drop
 }
 
 struct Row {
-    seq: u64,
     at: i64,
     outcome: Outcome,
     org: Option<[u8; 16]>,
@@ -600,34 +619,65 @@ struct Batch {
     audit_lost: u64,
 }
 
-fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Batch, bool) {
-    let mut guard = LOG.exclusive();
-    let (s, entries) = split(&mut guard);
-    let now = crate::pg::clock::now_us();
-    let me = crate::pg::pid();
+/// Take the oldest entries of `db` (at most TAKE_MAX) from the queue, as
+/// the writer of worker slot `slot`. Returns them, whether the writer is
+/// to exit (nothing to do for IDLE_EXIT_US; decided under the lock that
+/// enqueuers take, so nothing is stranded) and whether more are queued.
+fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Batch, bool, bool) {
+    // Allocated before the lock is taken: while it is held, only the slots
+    // are scanned and the taken entries copied out.
+    let mut mine: Vec<(u64, usize)> = Vec::with_capacity(QUEUE);
+    let mut taken: Vec<Entry> = Vec::with_capacity(TAKE_MAX);
     let mut b = Batch { requests: Vec::new(), audit: Vec::new(), audit_lost: 0 };
-    let w = &mut s.workers[slot];
-    // Our slot, unless we were stalled long enough for it to be handed on.
-    let ours = w.db == db && (w.pid == me || (w.pid == 0 && w.state == 1));
-    if !ours {
-        return (b, true);
-    }
-    w.pid = me;
-    s.workers[slot].heartbeat = now;
-    s.workers[slot].state = 2;
-    // SAFETY: a plain global: this process's latch, in shared memory.
-    s.workers[slot].latch = unsafe { pg_sys::MyLatch } as usize;
-    let (mut freed_failures, mut freed_requests) = (0, 0);
-    for e in entries.iter_mut().filter(|e| e.used && e.db == db) {
-        freed_failures += e.failure as usize;
-        e.used = false;
+    let (exit, more) = {
+        let mut guard = LOG.exclusive();
+        let (s, entries) = split(&mut guard);
+        let now = crate::pg::clock::now_us();
+        let me = crate::pg::pid();
+        let w = &mut s.workers[slot];
+        // Our slot, unless we were stalled long enough for it to be handed on.
+        let ours = w.db == db && (w.pid == me || (w.pid == 0 && w.state == 1));
+        if !ours {
+            return (b, true, false);
+        }
+        w.pid = me;
+        w.heartbeat = now;
+        w.state = 2;
+        // SAFETY: a plain global: this process's latch, in shared memory.
+        w.latch = unsafe { pg_sys::MyLatch } as usize;
+        mine.extend(s.slots.iter().enumerate().filter(|(_, m)| m.db == db).map(|(i, m)| (m.seq, i)));
+        let more = mine.len() > TAKE_MAX;
+        if more {
+            mine.select_nth_unstable(TAKE_MAX);
+            mine.truncate(TAKE_MAX);
+        }
+        mine.sort_unstable();
+        for &(_, i) in &mine {
+            let m = std::mem::replace(&mut s.slots[i], FREE);
+            s.failures = s.failures.saturating_sub(m.failure as usize);
+            if m.kind == KIND_REQUEST {
+                s.requests = s.requests.saturating_sub(1);
+            }
+            taken.push(entries[i]);
+        }
+        s.queued -= taken.len();
+        if let Some(l) = s.audit_lost.iter_mut().find(|(d, n)| *d == db && *n > 0) {
+            b.audit_lost = std::mem::take(&mut l.1);
+        }
+        let exit = taken.is_empty() && b.audit_lost == 0 && now - idle_since > IDLE_EXIT_US;
+        if exit {
+            s.workers[slot].state = 0;
+            s.workers[slot].latch = 0;
+            s.workers[slot].pid = 0;
+        }
+        (exit, more)
+    };
+    for e in taken {
         if e.kind == KIND_AUDIT {
-            b.audit.push(*e);
+            b.audit.push(e);
             continue;
         }
-        freed_requests += 1;
         b.requests.push(Row {
-            seq: e.seq,
             at: e.at,
             outcome: Outcome::from_u8(e.outcome),
             org: e.has_org.then_some(e.org),
@@ -637,22 +687,7 @@ fn take_batch(slot: usize, db: u32, idle_since: i64) -> (Batch, bool) {
             addr: (e.addr_len > 0).then(|| String::from_utf8_lossy(&e.addr[..e.addr_len as usize]).into_owned()),
         });
     }
-    s.failures = s.failures.saturating_sub(freed_failures);
-    s.requests = s.requests.saturating_sub(freed_requests);
-    s.queued -= b.requests.len() + b.audit.len();
-    if let Some(l) = s.audit_lost.iter_mut().find(|(d, n)| *d == db && *n > 0) {
-        b.audit_lost = std::mem::take(&mut l.1);
-    }
-    // Exit decision taken under the same lock enqueuers use, so nothing is stranded.
-    let exit = b.requests.is_empty() && b.audit.is_empty() && b.audit_lost == 0 && now - idle_since > IDLE_EXIT_US;
-    if exit {
-        s.workers[slot].state = 0;
-        s.workers[slot].latch = 0;
-        s.workers[slot].pid = 0;
-    }
-    b.requests.sort_by_key(|r| r.seq);
-    b.audit.sort_by_key(|e| e.seq);
-    (b, exit)
+    (b, exit, more)
 }
 
 /// Under the queue's lock: run `f` on the audit chain head kept for `db`
@@ -910,7 +945,7 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
             // SAFETY: reloads the configuration files, as any backend does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let (b, exit) = take_batch(slot, db.to_u32(), idle_since);
+        let (b, exit, more) = take_batch(slot, db.to_u32(), idle_since);
         // The trail first, in its own transaction: a request log that cannot
         // be written (or the other way round) loses nothing of the other.
         if !b.audit.is_empty() || b.audit_lost > 0 {
@@ -927,7 +962,9 @@ pub extern "C-unwind" fn tenant_guard_request_log_main(arg: pg_sys::Datum) {
         if !b.requests.is_empty() || !b.audit.is_empty() {
             idle_since = crate::pg::clock::now_us();
         }
-        if exit || !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
+        // More queued than one take: go on at once (still answering SIGTERM).
+        let pause = if more { Duration::ZERO } else { Duration::from_millis(100) };
+        if exit || !BackgroundWorker::wait_latch(Some(pause)) {
             break;
         }
     }
@@ -946,12 +983,12 @@ mod tests {
         Entry { failure, ..EMPTY }
     }
 
-    fn queue(fill: &[(u32, usize, Outcome)]) -> Vec<Entry> {
-        let mut q = vec![EMPTY; QUEUE];
+    fn queue(fill: &[(u32, usize, Outcome)]) -> Vec<Slot> {
+        let mut q = vec![FREE; QUEUE];
         let mut i = 0;
         for &(db, n, outcome) in fill {
             for _ in 0..n {
-                q[i] = Entry { used: true, db, outcome: outcome as u8, failure: outcome != Outcome::Ok, ..EMPTY };
+                q[i] = Slot { db, kind: KIND_REQUEST, failure: outcome != Outcome::Ok, seq: i as u64 };
                 i += 1;
             }
         }
