@@ -49,9 +49,15 @@ fi
 # from TG_CITUS_BUILD; see the README for installing it from Citus's packages.
 if ! grep -qs "default_version = '13.2" "$(pg_config --sharedir)/extension/citus.control"; then
     here=$(cd "$(dirname "$0")/.." && pwd)
-    build="${TG_CITUS_BUILD:-$here/../shared/citus/build.sh}"
-    if [ ! -f "$build" ]; then
-        echo "setup: Citus 13.2 is not installed and $build is not there (set TG_CITUS_BUILD, or install Citus 13.2 for PostgreSQL 15)" >&2
+    build="${TG_CITUS_BUILD:-}"
+    if [ -z "$build" ]; then
+        # The source build kept beside the repository (our CI's layout).
+        for b in "$here/../shared/citus/build.sh" /work/shared/citus/build.sh; do
+            if [ -f "$b" ]; then build="$b"; break; fi
+        done
+    fi
+    if [ -z "$build" ] || [ ! -f "$build" ]; then
+        echo "setup: Citus 13.2 is not installed and no build script was found (set TG_CITUS_BUILD, or install Citus 13.2 for PostgreSQL 15)" >&2
         exit 1
     fi
     echo "setup: building and installing Citus 13.2 (about a minute)"

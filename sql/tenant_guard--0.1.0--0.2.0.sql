@@ -925,10 +925,35 @@ ALTER TABLE tenant_guard.maintenance_runs FORCE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.maintenance_runs', '');
 REVOKE ALL ON tenant_guard.maintenance_runs FROM PUBLIC;
 
+-- The cut of a purge: now() minus `older_than`, which must be given and
+-- must not put the cut in the future (an interval that compares as
+-- non-negative, such as '-1 mon +30 days 1 hour', can). Both purges use it.
+CREATE OR REPLACE FUNCTION tenant_guard._purge_cut(older_than interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF older_than IS NULL THEN
+        RAISE EXCEPTION 'older_than must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF now() - older_than > now() THEN
+        RAISE EXCEPTION 'older_than must not put the cut in the future' USING ERRCODE = '22023',
+            HINT = 'Give a non-negative interval, such as ''30 days''.';
+    END IF;
+    RETURN now() - older_than;
+END
+$$;
+
 -- Remove entries older than `older_than`: whole partitions below the cut
 -- are dropped (counted first, no row is deleted one by one); the rows
--- before the cut in the partition that holds it are deleted. Makes today's
--- and tomorrow's partitions if missing. Returns how many rows went.
+-- before the cut in the partition that holds it are deleted. Dropping a
+-- partition locks the whole log, so the purge waits for that lock at most
+-- 100 ms (readers queue behind the wait), and once it cannot have it,
+-- deletes the rows of the remaining old days instead: a long transaction
+-- that reads the log delays the dropping of days, not the purge (their
+-- empty partitions go at a later run). Makes today's and tomorrow's
+-- partitions if missing. Returns how many rows went.
 CREATE OR REPLACE FUNCTION tenant_guard.purge_request_log(older_than interval)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -937,16 +962,11 @@ AS $$
 DECLARE
     n bigint := 0;
     k bigint;
-    cutoff timestamptz;
+    cutoff timestamptz := tenant_guard._purge_cut(older_than);
+    waited text := current_setting('lock_timeout');
+    dropping boolean := true;
     p record;
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
-    END IF;
-    cutoff := now() - older_than;
-    -- Dropping a partition locks the log briefly: never wait long for it
-    -- (the writer would queue behind the wait).
-    SET LOCAL lock_timeout = '5s';
     FOR p IN SELECT c.oid::regclass AS part,
                     (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS hi,
                     (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz AS lo
@@ -954,8 +974,20 @@ BEGIN
               WHERE i.inhparent = 'tenant_guard.request_log'::regclass
               ORDER BY 2 LOOP
         IF p.hi IS NOT NULL AND p.hi <= cutoff THEN
-            EXECUTE format('SELECT count(*) FROM %s', p.part) INTO k;
-            EXECUTE format('DROP TABLE %s', p.part);
+            IF dropping THEN
+                BEGIN
+                    PERFORM set_config('lock_timeout', '100ms', true);
+                    EXECUTE format('SELECT count(*) FROM %s', p.part) INTO k;
+                    EXECUTE format('DROP TABLE %s', p.part);
+                    PERFORM set_config('lock_timeout', waited, true);
+                    n := n + k;
+                    CONTINUE;
+                EXCEPTION WHEN lock_not_available THEN
+                    dropping := false;   -- (the block's setting is undone)
+                END;
+            END IF;
+            EXECUTE format('DELETE FROM %s', p.part);
+            GET DIAGNOSTICS k = ROW_COUNT;
             n := n + k;
         ELSIF p.lo IS NULL OR p.lo < cutoff THEN
             EXECUTE format('DELETE FROM %s WHERE at < $1', p.part) USING cutoff;
@@ -977,7 +1009,7 @@ SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log_id_seq', ''
 
 REVOKE ALL ON tenant_guard.request_log FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenant_guard.purge_request_log(interval), tenant_guard.request_log_queue(),
-    tenant_guard._request_log_partition(date) FROM PUBLIC;
+    tenant_guard._request_log_partition(date), tenant_guard._purge_cut(interval) FROM PUBLIC;
 GRANT SELECT ON tenant_guard.request_log TO PUBLIC;    -- rows filtered by RLS (admins, own org)
 GRANT SELECT ON tenant_guard.request_log TO tenant_guard_service;
 GRANT EXECUTE ON FUNCTION tenant_guard.purge_request_log(interval), tenant_guard.request_log_queue() TO tenant_guard_service;
@@ -2988,14 +3020,28 @@ AS $$
      WHERE a.parname LIKE 'tenant\_guard.%'
        AND (x.grantee = 0 OR NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = x.grantee))
     UNION ALL
-    SELECT 'audit_entries_lost', CASE WHEN q.lost > 0 THEN 'error' ELSE 'warn' END, ARRAY['SECURITY'], 'table tenant_guard.audit_log',
-           CASE WHEN q.lost > 0
-                THEN format('%s audit entr%s of allowed actions could not be recorded since the server started (a log writer failed); the trail records each loss as an audit_entries_lost entry.',
-                            q.lost, CASE WHEN q.lost = 1 THEN 'y' ELSE 'ies' END)
-                ELSE format('%s audit entr%s of refused or rolled-back actions could not be recorded since the server started (their share of the log queue was full: someone may be flooding it with refusals).',
-                            q.lost_failures, CASE WHEN q.lost_failures = 1 THEN 'y' ELSE 'ies' END) END,
-           E'-- find the gaps: SELECT at, detail FROM tenant_guard.audit_log WHERE action = ''audit_entries_lost'';\n-- then look for what fills the queue (request_log_queue(), audit_log_queue()) or makes the writer fail (the server log)'
-      FROM tenant_guard.audit_log_queue() q WHERE q.lost > 0 OR q.lost_failures > 0
+    -- Losses of this database: the writer records each as an
+    -- audit_entries_lost entry of its trail (since the server started).
+    SELECT 'audit_entries_lost', 'error', ARRAY['SECURITY'], 'table tenant_guard.audit_log',
+           format('The audit trail of this database records %s loss%s since the server started: %s audit entr%s could not be recorded (the log queue was full, or a log writer failed).',
+                  g.n, CASE WHEN g.n = 1 THEN '' ELSE 'es' END, g.k, CASE WHEN g.k = 1 THEN 'y' ELSE 'ies' END),
+           E'-- find the gaps: SELECT at, detail FROM tenant_guard.audit_log WHERE action = ''audit_entries_lost'' ORDER BY seq;\n-- then look for what fills the queue (request_log_queue(), audit_log_queue()) or makes the writer fail (the server log)'
+      FROM (SELECT count(*) AS n, coalesce(sum((regexp_match(l.detail, '^(\d+)'))[1]::bigint), 0) AS k
+              FROM tenant_guard.audit_log l
+             WHERE l.action = 'audit_entries_lost' AND l.at >= pg_postmaster_start_time()) g
+     WHERE g.n > 0
+    UNION ALL
+    -- Losses the server counted that no trail holds yet (the counters are
+    -- the server's): a warning where this database's trail shows none.
+    SELECT 'audit_entries_lost', 'warn', ARRAY['SECURITY'], 'table tenant_guard.audit_log',
+           format('%s audit entr%s lost in this server %s not recorded in any database''s trail yet: each is recorded at its database''s next write (one of a database dropped since stays unrecorded).',
+                  q.lost_unrecorded, CASE WHEN q.lost_unrecorded = 1 THEN 'y' ELSE 'ies' END,
+                  CASE WHEN q.lost_unrecorded = 1 THEN 'is' ELSE 'are' END),
+           E'-- in each database: SELECT code, detail FROM tenant_guard.security_audit() WHERE code = ''audit_entries_lost'';'
+      FROM tenant_guard.audit_log_queue() q
+     WHERE q.lost_unrecorded > 0
+       AND NOT EXISTS (SELECT 1 FROM tenant_guard.audit_log l
+                        WHERE l.action = 'audit_entries_lost' AND l.at >= pg_postmaster_start_time())
 $$;
 
 -- Citus: the policies of every shard placement of a distributed table with
@@ -3212,6 +3258,11 @@ BEGIN
           INTO wr FROM pg_catalog.pg_policy p WHERE p.polrelid = t AND p.polname = 'tenant_guard_insert';
         SELECT (pg_catalog.regexp_match(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'current_org_id_if\(''(\w+)'''))[1]
           INTO dl FROM pg_catalog.pg_policy p WHERE p.polrelid = t AND p.polname = 'tenant_guard_delete';
+        IF col IS NULL OR rd IS NULL OR wr IS NULL OR dl IS NULL THEN
+            RAISE WARNING 'tenant_guard 0.2.0: % keeps its 0.1.0 policies: they are not the ones 0.1.0''s protect() made (one is missing or was changed)', t
+                USING HINT = 'Check its policies, then run SELECT tenant_guard.protect(...) on it; security_audit() lists it meanwhile.';
+            CONTINUE;
+        END IF;
         BEGIN
             PERFORM tenant_guard.protect(t, col, rd, wr, dl);
         EXCEPTION WHEN OTHERS THEN

@@ -634,3 +634,33 @@ fn review_findings_stay_fixed() {
         before
     );
 }
+
+/// A loss is an error in the database whose trail it breaks, and only a
+/// warning in the others (the server's counters are shared by all).
+#[test]
+fn a_loss_is_an_error_in_its_own_database_only() {
+    let c = Cluster::start(Options::default());
+    let (x, y) = (c.fresh_db(), c.fresh_db());
+    let w = world(&x);
+    let mut dba = x.dba();
+    exec(&mut dba, &format!("SELECT tenant_guard.put_secret_for('{}', 'stripe', 'gap', 'sk_gap_5150')", w.org_a));
+    wait_entries(&x, "action = 'put_secret'", 1);
+    // The writer of x fails its next batch (a superuser's trigger).
+    exec(
+        &mut dba,
+        "CREATE FUNCTION public.no_trail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no'; END $$;
+         CREATE TRIGGER no_trail BEFORE INSERT ON tenant_guard.audit_log FOR EACH ROW EXECUTE FUNCTION public.no_trail();",
+    );
+    exec(&mut x.svc(), &format!("SELECT tenant_guard.get_secret('{}', 'stripe', 'gap')", w.org_a));
+    poll(&mut dba, "SELECT lost FROM tenant_guard.audit_log_queue()", 20, "the batch lost", |v| v != "0");
+    exec(&mut dba, "DROP TRIGGER no_trail ON tenant_guard.audit_log");
+    let findings =
+        "SELECT coalesce(string_agg(level, ','), '') FROM tenant_guard.security_audit() WHERE code = 'audit_entries_lost'";
+    assert_eq!(val(&mut y.dba(), findings).as_deref(), Some("warn"), "another database's loss");
+    // The next write of x records the gap in x's trail: an error there.
+    exec(&mut x.svc(), &format!("SELECT tenant_guard.get_secret('{}', 'stripe', 'gap')", w.org_a));
+    wait_entries(&x, "action = 'audit_entries_lost'", 1);
+    assert_eq!(val(&mut dba, findings).as_deref(), Some("error"));
+    assert_eq!(val(&mut y.dba(), findings).as_deref(), Some(""), "the loss is x's, recorded there");
+    assert!(verify(&mut dba).0);
+}

@@ -286,6 +286,35 @@ fn the_request_log_is_partitioned_by_day_and_purged_by_dropping_days() {
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
     let r = db.svc().simple_query(&format!("SELECT count(*) FROM tenant_guard.{today}"));
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+
+    // A transaction that reads the log and stays open (anyone may: org
+    // admins read it) keeps the purge from dropping days, not from purging:
+    // it deletes their rows instead, and a later run drops them.
+    exec(
+        &mut dba,
+        "SELECT tenant_guard._request_log_partition((now() AT TIME ZONE 'UTC')::date - d) FROM generate_series(3, 4) d;
+         INSERT INTO tenant_guard.request_log (at, outcome) SELECT now() - d * interval '1 day', 'ok' FROM generate_series(3, 4) d, generate_series(1, 50);",
+    );
+    let before = parts(&mut dba).len();
+    let mut reader = db.app();
+    exec(&mut reader, "BEGIN; SELECT count(*) FROM tenant_guard.request_log");
+    let t = Instant::now();
+    let n: i64 = db.svc().query_one("SELECT tenant_guard.purge_request_log('36 hours')", &[]).unwrap().get(0);
+    assert_eq!(n, 100, "the old days' rows deleted while a reader holds the log");
+    assert!(t.elapsed() < Duration::from_secs(3), "the purge waited {:?}", t.elapsed());
+    assert_eq!(parts(&mut dba).len(), before, "no day dropped under the reader");
+    exec(&mut reader, "COMMIT");
+    let n: i64 = db.svc().query_one("SELECT tenant_guard.purge_request_log('36 hours')", &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+    assert_eq!(parts(&mut dba).len(), before - 2, "the emptied days dropped once the reader is gone");
+
+    // The cut is never in the future, whatever the interval compares as.
+    for (arg, code) in [("'-1 mon +30 days 1 hour'", "22023"), ("'-1 second'", "22023"), ("NULL", "22004")] {
+        let r = db.svc().simple_query(&format!("SELECT tenant_guard.purge_request_log({arg})"));
+        assert_eq!(sqlstate(&r).as_deref(), Some(code), "purge_request_log({arg}): {}", full_error(&r));
+        let r = dba.simple_query(&format!("SELECT tenant_guard.purge_audit_log({arg})"));
+        assert_eq!(sqlstate(&r).as_deref(), Some(code), "purge_audit_log({arg}): {}", full_error(&r));
+    }
 }
 
 /// The catalog facts tests/catalog.rs compares (functions, relations,
@@ -355,8 +384,23 @@ fn an_update_from_0_1_0_keeps_everything_and_equals_a_fresh_install() {
     let secrets_before =
         val(&mut dba, "SELECT string_agg(encode(ciphertext, 'hex'), ',' ORDER BY id) FROM tenant_guard.secrets")
             .unwrap();
+    // A table whose 0.1.0 policies someone changed: the update leaves it as
+    // it is and says why.
+    exec(
+        &mut dba,
+        "BEGIN;
+         CREATE TABLE half (id int, org_id uuid NOT NULL);
+         SELECT tenant_guard.protect('half');
+         COMMIT;
+         DROP POLICY tenant_guard_delete ON half;",
+    );
 
     exec(&mut dba, "ALTER EXTENSION tenant_guard UPDATE");
+    assert!(
+        c.server_log().contains("half keeps its 0.1.0 policies: they are not the ones 0.1.0's protect() made"),
+        "the update's warning about half"
+    );
+    exec(&mut dba, "DROP TABLE half");
     assert_eq!(
         val(&mut dba, "SELECT extversion FROM pg_extension WHERE extname = 'tenant_guard'").as_deref(),
         Some("0.2.0")

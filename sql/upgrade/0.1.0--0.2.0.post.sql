@@ -53,6 +53,11 @@ BEGIN
           INTO wr FROM pg_catalog.pg_policy p WHERE p.polrelid = t AND p.polname = 'tenant_guard_insert';
         SELECT (pg_catalog.regexp_match(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'current_org_id_if\(''(\w+)'''))[1]
           INTO dl FROM pg_catalog.pg_policy p WHERE p.polrelid = t AND p.polname = 'tenant_guard_delete';
+        IF col IS NULL OR rd IS NULL OR wr IS NULL OR dl IS NULL THEN
+            RAISE WARNING 'tenant_guard 0.2.0: % keeps its 0.1.0 policies: they are not the ones 0.1.0''s protect() made (one is missing or was changed)', t
+                USING HINT = 'Check its policies, then run SELECT tenant_guard.protect(...) on it; security_audit() lists it meanwhile.';
+            CONTINUE;
+        END IF;
         BEGIN
             PERFORM tenant_guard.protect(t, col, rd, wr, dl);
         EXCEPTION WHEN OTHERS THEN

@@ -1073,9 +1073,9 @@ fn purge_audit_log(older_than: Option<Interval>) -> i64 {
     let Some(older_than) = older_than else {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "older_than must not be NULL", None, None)
     };
-    if older_than.as_micros() < 0 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "older_than must not be negative", None, None);
-    }
+    // The rule of both purges (22023 when the cut would be in the future).
+    Spi::run_with_args("SELECT tenant_guard._purge_cut($1)", &[older_than.into()])
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
     let key = keyring::current();
     guarded(Kind::WriteRun, Event::new("purge_audit_log", None, "audit_log"), |ev| {
         let removed = Spi::connect_mut(|c| {

@@ -71,10 +71,35 @@ ALTER TABLE tenant_guard.maintenance_runs FORCE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('tenant_guard.maintenance_runs', '');
 REVOKE ALL ON tenant_guard.maintenance_runs FROM PUBLIC;
 
+-- The cut of a purge: now() minus `older_than`, which must be given and
+-- must not put the cut in the future (an interval that compares as
+-- non-negative, such as '-1 mon +30 days 1 hour', can). Both purges use it.
+CREATE FUNCTION tenant_guard._purge_cut(older_than interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF older_than IS NULL THEN
+        RAISE EXCEPTION 'older_than must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF now() - older_than > now() THEN
+        RAISE EXCEPTION 'older_than must not put the cut in the future' USING ERRCODE = '22023',
+            HINT = 'Give a non-negative interval, such as ''30 days''.';
+    END IF;
+    RETURN now() - older_than;
+END
+$$;
+
 -- Remove entries older than `older_than`: whole partitions below the cut
 -- are dropped (counted first, no row is deleted one by one); the rows
--- before the cut in the partition that holds it are deleted. Makes today's
--- and tomorrow's partitions if missing. Returns how many rows went.
+-- before the cut in the partition that holds it are deleted. Dropping a
+-- partition locks the whole log, so the purge waits for that lock at most
+-- 100 ms (readers queue behind the wait), and once it cannot have it,
+-- deletes the rows of the remaining old days instead: a long transaction
+-- that reads the log delays the dropping of days, not the purge (their
+-- empty partitions go at a later run). Makes today's and tomorrow's
+-- partitions if missing. Returns how many rows went.
 CREATE FUNCTION tenant_guard.purge_request_log(older_than interval)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -83,16 +108,11 @@ AS $$
 DECLARE
     n bigint := 0;
     k bigint;
-    cutoff timestamptz;
+    cutoff timestamptz := tenant_guard._purge_cut(older_than);
+    waited text := current_setting('lock_timeout');
+    dropping boolean := true;
     p record;
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
-    END IF;
-    cutoff := now() - older_than;
-    -- Dropping a partition locks the log briefly: never wait long for it
-    -- (the writer would queue behind the wait).
-    SET LOCAL lock_timeout = '5s';
     FOR p IN SELECT c.oid::regclass AS part,
                     (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS hi,
                     (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz AS lo
@@ -100,8 +120,20 @@ BEGIN
               WHERE i.inhparent = 'tenant_guard.request_log'::regclass
               ORDER BY 2 LOOP
         IF p.hi IS NOT NULL AND p.hi <= cutoff THEN
-            EXECUTE format('SELECT count(*) FROM %s', p.part) INTO k;
-            EXECUTE format('DROP TABLE %s', p.part);
+            IF dropping THEN
+                BEGIN
+                    PERFORM set_config('lock_timeout', '100ms', true);
+                    EXECUTE format('SELECT count(*) FROM %s', p.part) INTO k;
+                    EXECUTE format('DROP TABLE %s', p.part);
+                    PERFORM set_config('lock_timeout', waited, true);
+                    n := n + k;
+                    CONTINUE;
+                EXCEPTION WHEN lock_not_available THEN
+                    dropping := false;   -- (the block's setting is undone)
+                END;
+            END IF;
+            EXECUTE format('DELETE FROM %s', p.part);
+            GET DIAGNOSTICS k = ROW_COUNT;
             n := n + k;
         ELSIF p.lo IS NULL OR p.lo < cutoff THEN
             EXECUTE format('DELETE FROM %s WHERE at < $1', p.part) USING cutoff;
@@ -123,7 +155,7 @@ SELECT pg_catalog.pg_extension_config_dump('tenant_guard.request_log_id_seq', ''
 
 REVOKE ALL ON tenant_guard.request_log FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenant_guard.purge_request_log(interval), tenant_guard.request_log_queue(),
-    tenant_guard._request_log_partition(date) FROM PUBLIC;
+    tenant_guard._request_log_partition(date), tenant_guard._purge_cut(interval) FROM PUBLIC;
 GRANT SELECT ON tenant_guard.request_log TO PUBLIC;    -- rows filtered by RLS (admins, own org)
 GRANT SELECT ON tenant_guard.request_log TO tenant_guard_service;
 GRANT EXECUTE ON FUNCTION tenant_guard.purge_request_log(interval), tenant_guard.request_log_queue() TO tenant_guard_service;

@@ -685,14 +685,28 @@ AS $$
      WHERE a.parname LIKE 'tenant\_guard.%'
        AND (x.grantee = 0 OR NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = x.grantee))
     UNION ALL
-    SELECT 'audit_entries_lost', CASE WHEN q.lost > 0 THEN 'error' ELSE 'warn' END, ARRAY['SECURITY'], 'table tenant_guard.audit_log',
-           CASE WHEN q.lost > 0
-                THEN format('%s audit entr%s of allowed actions could not be recorded since the server started (a log writer failed); the trail records each loss as an audit_entries_lost entry.',
-                            q.lost, CASE WHEN q.lost = 1 THEN 'y' ELSE 'ies' END)
-                ELSE format('%s audit entr%s of refused or rolled-back actions could not be recorded since the server started (their share of the log queue was full: someone may be flooding it with refusals).',
-                            q.lost_failures, CASE WHEN q.lost_failures = 1 THEN 'y' ELSE 'ies' END) END,
-           E'-- find the gaps: SELECT at, detail FROM tenant_guard.audit_log WHERE action = ''audit_entries_lost'';\n-- then look for what fills the queue (request_log_queue(), audit_log_queue()) or makes the writer fail (the server log)'
-      FROM tenant_guard.audit_log_queue() q WHERE q.lost > 0 OR q.lost_failures > 0
+    -- Losses of this database: the writer records each as an
+    -- audit_entries_lost entry of its trail (since the server started).
+    SELECT 'audit_entries_lost', 'error', ARRAY['SECURITY'], 'table tenant_guard.audit_log',
+           format('The audit trail of this database records %s loss%s since the server started: %s audit entr%s could not be recorded (the log queue was full, or a log writer failed).',
+                  g.n, CASE WHEN g.n = 1 THEN '' ELSE 'es' END, g.k, CASE WHEN g.k = 1 THEN 'y' ELSE 'ies' END),
+           E'-- find the gaps: SELECT at, detail FROM tenant_guard.audit_log WHERE action = ''audit_entries_lost'' ORDER BY seq;\n-- then look for what fills the queue (request_log_queue(), audit_log_queue()) or makes the writer fail (the server log)'
+      FROM (SELECT count(*) AS n, coalesce(sum((regexp_match(l.detail, '^(\d+)'))[1]::bigint), 0) AS k
+              FROM tenant_guard.audit_log l
+             WHERE l.action = 'audit_entries_lost' AND l.at >= pg_postmaster_start_time()) g
+     WHERE g.n > 0
+    UNION ALL
+    -- Losses the server counted that no trail holds yet (the counters are
+    -- the server's): a warning where this database's trail shows none.
+    SELECT 'audit_entries_lost', 'warn', ARRAY['SECURITY'], 'table tenant_guard.audit_log',
+           format('%s audit entr%s lost in this server %s not recorded in any database''s trail yet: each is recorded at its database''s next write (one of a database dropped since stays unrecorded).',
+                  q.lost_unrecorded, CASE WHEN q.lost_unrecorded = 1 THEN 'y' ELSE 'ies' END,
+                  CASE WHEN q.lost_unrecorded = 1 THEN 'is' ELSE 'are' END),
+           E'-- in each database: SELECT code, detail FROM tenant_guard.security_audit() WHERE code = ''audit_entries_lost'';'
+      FROM tenant_guard.audit_log_queue() q
+     WHERE q.lost_unrecorded > 0
+       AND NOT EXISTS (SELECT 1 FROM tenant_guard.audit_log l
+                        WHERE l.action = 'audit_entries_lost' AND l.at >= pg_postmaster_start_time())
 $$;
 
 -- Citus: the policies of every shard placement of a distributed table with
