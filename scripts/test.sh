@@ -25,6 +25,12 @@ cargo test -p tenant_guard_core 2>&1 | tee -a "$log"
 echo "== 2/4 the extension crate's tests, in-database ones included (cargo pgrx test)"
 pgdata=/tmp/tenant_guard_pgrx_test
 rm -rf "$pgdata"
+# cargo pgrx test installs its build over the system's library in place,
+# which would crash a running server that preloads it: move the old file
+# aside first (a running server keeps it mapped), so the copy is a new file.
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+lib="$("$PG_CONFIG" --pkglibdir)/tenant_guard.so"
+if [ -e "$lib" ]; then $SUDO mv -f "$lib" "$lib.tg-old"; $SUDO cp -p "$lib.tg-old" "$lib.tg-copy"; $SUDO mv -f "$lib.tg-copy" "$lib"; $SUDO rm -f "$lib.tg-old"; fi
 cargo pgrx test pg15 --runas postgres --pgdata "$pgdata" -p tenant_guard 2>&1 | tee -a "$log"
 
 echo "== 3/4 black-box tests against a real cluster"
