@@ -149,16 +149,26 @@ pub fn claim(slots: &mut [Slot], c: &Carried, me: u64, by: Claimant, tx: Transac
     if now_us >= c.expires_us {
         return Verdict::Expired;
     }
+    take(slots, c.nonce, c.expires_us, by, now_us)
+}
+
+/// Record `key` for `by` until `until` in its window of `slots`: Accepted
+/// when it is new or already `by`'s, ClaimedElsewhere when another holds it.
+fn take(slots: &mut [Slot], key: [u8; 16], until: i64, by: Claimant, now_us: i64) -> Verdict {
     let n = slots.len();
     if n == 0 {
         return Verdict::Full;
     }
-    let start = (u64::from_le_bytes(c.nonce[..8].try_into().expect("8 bytes")) % n as u64) as usize;
+    let start = (u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) % n as u64) as usize;
     let mut free = None;
     for i in 0..PROBE.min(n) {
         let s = &mut slots[(start + i) % n];
-        if s.expires_us > now_us && s.nonce == c.nonce {
-            return if s.by == by { Verdict::Accepted } else { Verdict::ClaimedElsewhere };
+        if s.expires_us > now_us && s.nonce == key {
+            if s.by == by {
+                s.expires_us = s.expires_us.max(until);
+                return Verdict::Accepted;
+            }
+            return Verdict::ClaimedElsewhere;
         }
         if free.is_none() && s.expires_us <= now_us {
             free = Some((start + i) % n);
@@ -166,10 +176,66 @@ pub fn claim(slots: &mut [Slot], c: &Carried, me: u64, by: Claimant, tx: Transac
     }
     match free {
         Some(i) => {
-            slots[i] = Slot { nonce: c.nonce, expires_us: c.expires_us, by };
+            slots[i] = Slot { nonce: key, expires_us: until, by };
             Verdict::Accepted
         }
         None => Verdict::Full,
+    }
+}
+
+/// The key under which a node records which of its sessions a
+/// distributed transaction belongs to: the one that began it with a
+/// request context (on the node that made the context), or the one that
+/// claimed its carried context (on a worker). Domain-separated from nonces.
+/// The timestamp is left out: Citus names a transaction's intermediate
+/// results by initiator and number alone, so a session that names those
+/// with any timestamp reads them.
+pub fn owner_key(tx: Transaction) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(b"tenant_guard carried owner\0");
+    h.update(tx.initiator.to_le_bytes());
+    h.update(tx.number.to_le_bytes());
+    h.finalize()[..16].try_into().expect("16 bytes")
+}
+
+/// Record that distributed transaction `tx` belongs, on this node, to the
+/// session `by`, until `until` (or until [`release_owner`]).
+pub fn record_owner(slots: &mut [Slot], tx: Transaction, by: Claimant, until: i64, now_us: i64) -> Verdict {
+    if tx.number == 0 {
+        return Verdict::OtherTransaction;
+    }
+    take(slots, owner_key(tx), until, by, now_us)
+}
+
+/// Whether `tx` belongs on this node to a session other than `pid` (which
+/// has then joined it by naming its id: Citus lets any session of a role
+/// do that, and read what the transaction left behind).
+pub fn owned_elsewhere(slots: &[Slot], tx: Transaction, pid: i32, now_us: i64) -> bool {
+    if tx.number == 0 || slots.is_empty() {
+        return false;
+    }
+    let key = owner_key(tx);
+    let n = slots.len();
+    let start = (u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) % n as u64) as usize;
+    (0..PROBE.min(n))
+        .map(|i| &slots[(start + i) % n])
+        .any(|s| s.expires_us > now_us && s.nonce == key && s.by.pid != pid)
+}
+
+/// Drop the records of `by` (its transaction ended).
+pub fn release_owner(slots: &mut [Slot], tx: Transaction, by: Claimant) {
+    if tx.number == 0 || slots.is_empty() {
+        return;
+    }
+    let key = owner_key(tx);
+    let n = slots.len();
+    let start = (u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) % n as u64) as usize;
+    for i in 0..PROBE.min(n) {
+        let s = &mut slots[(start + i) % n];
+        if s.nonce == key && s.by == by {
+            *s = Slot::default();
+        }
     }
 }
 
@@ -240,6 +306,27 @@ mod tests {
         let other = Transaction { number: 43, ..TX };
         assert_eq!(claim(&mut slots, &carried(5), 1, a, other, 0), Verdict::OtherTransaction);
         assert_eq!(claim(&mut slots, &carried(5), 1, a, Transaction::default(), 0), Verdict::OtherTransaction);
+    }
+
+    #[test]
+    fn a_transaction_belongs_to_one_session_per_node() {
+        let mut slots = vec![Slot::default(); 128];
+        let a = Claimant { pid: 10, lxid: 5 };
+        let b = Claimant { pid: 11, lxid: 9 };
+        assert_eq!(record_owner(&mut slots, TX, a, 1_000, 0), Verdict::Accepted);
+        assert_eq!(record_owner(&mut slots, TX, a, 2_000, 10), Verdict::Accepted, "renewed by its owner");
+        assert_eq!(record_owner(&mut slots, TX, b, 2_000, 10), Verdict::ClaimedElsewhere);
+        assert!(owned_elsewhere(&slots, TX, b.pid, 10), "b joined a's transaction");
+        assert!(!owned_elsewhere(&slots, TX, a.pid, 10));
+        assert!(!owned_elsewhere(&slots, Transaction { number: 43, ..TX }, b.pid, 10));
+        assert!(owned_elsewhere(&slots, Transaction { stamp: 1, ..TX }, b.pid, 10), "any timestamp: the same results");
+        assert!(!owned_elsewhere(&slots, TX, b.pid, 2_000), "expired");
+        release_owner(&mut slots, TX, a);
+        assert!(!owned_elsewhere(&slots, TX, b.pid, 10), "released when a's transaction ended");
+        // No transaction, nothing recorded; a nonce never reads as an owner.
+        assert_eq!(record_owner(&mut slots, Transaction::default(), a, 1_000, 0), Verdict::OtherTransaction);
+        assert_eq!(claim(&mut slots, &carried(3), 1, a, TX, 0), Verdict::Accepted);
+        assert!(!owned_elsewhere(&slots, TX, b.pid, 10));
     }
 
     #[test]

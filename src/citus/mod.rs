@@ -18,7 +18,16 @@
 //!   policy qual on a Citus table is evaluated and added to the query as
 //!   `org_id = '<the org>'` (the policies still apply on every shard).
 //!   A plan that holds such a value is dropped from the plan cache when the
-//!   context changes or the transaction ends.
+//!   context changes, a savepoint rolls back or the transaction ends.
+//! - **A distributed transaction belongs to one session per node.** Citus
+//!   lets any session of a role join another's distributed transaction by
+//!   naming its id (`assign_distributed_transaction_id()`), and so read the
+//!   intermediate results it left behind, which hold its org's rows. So
+//!   each node records which session a context-bearing distributed
+//!   transaction belongs to (the one that set the context, or the one that
+//!   claimed its carried context), and Citus's readers of intermediate
+//!   results refuse (42501) any other session in that transaction. And only
+//!   tenant_guard may set a carried context on the node that made it.
 
 use crate::carried_context::{self, Carried, Claimant, Slot, Transaction, Verdict};
 use crate::context_token::Claims;
@@ -74,12 +83,71 @@ fn judge(c: &Carried, by: Claimant) -> Verdict {
     // SAFETY: TABLE holds CLAIMS slots (valid when zeroed), attached at
     // startup; LOCK, held exclusively here, guards it.
     let slots = unsafe { std::slice::from_raw_parts_mut(TABLE.ptr().cast::<Slot>(), CLAIMS) };
-    let v = carried_context::claim(slots, c, citus::system_identifier(), by, tx, crate::pg::clock::now_us());
+    let now = crate::pg::clock::now_us();
+    let mut v = carried_context::claim(slots, c, citus::system_identifier(), by, tx, now);
+    if v == Verdict::Accepted {
+        // The transaction is this session's on this node from now on.
+        v = carried_context::record_owner(slots, tx, by, now + OWNED_US, now);
+        if v == Verdict::Accepted {
+            OWNED.with(|o| o.set(Some((tx, by))));
+        }
+    }
     match v {
         Verdict::Accepted => g.claimed += 1,
         _ => g.refused += 1,
     }
     v
+}
+
+/// How long a node records a distributed transaction's session at most
+/// (the record goes when the transaction ends; this bounds what a crashed
+/// backend leaves).
+const OWNED_US: i64 = 3_600_000_000;
+
+thread_local! {
+    /// The distributed transaction this session owns on this node, if any.
+    static OWNED: Cell<Option<(Transaction, Claimant)>> = const { Cell::new(None) };
+    /// tenant_guard is setting the carried context itself (see check_carried).
+    static CARRYING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Record that this session's distributed transaction `tx` belongs to it
+/// on this node (the node where it set its request context).
+fn own(tx: Transaction) {
+    let b = crate::context::current_binding();
+    let by = Claimant { pid: b.pid, lxid: b.lxid };
+    let now = crate::pg::clock::now_us();
+    let _g = LOCK.exclusive();
+    // SAFETY: as in judge(): the table, under its lock.
+    let slots = unsafe { std::slice::from_raw_parts_mut(TABLE.ptr().cast::<Slot>(), CLAIMS) };
+    if carried_context::record_owner(slots, tx, by, now + OWNED_US, now) == Verdict::Accepted {
+        OWNED.with(|o| o.set(Some((tx, by))));
+    }
+}
+
+/// When the transaction ends: its record goes, and so do plans that hold
+/// an org evaluated from its context.
+pub fn transaction_ended() {
+    if let Some((tx, by)) = OWNED.with(|o| o.take()) {
+        let _g = LOCK.exclusive();
+        // SAFETY: as in judge().
+        let slots = unsafe { std::slice::from_raw_parts_mut(TABLE.ptr().cast::<Slot>(), CLAIMS) };
+        carried_context::release_owner(slots, tx, by);
+    }
+    forget_injected_plans();
+}
+
+/// Whether this session is in a distributed transaction that belongs on
+/// this node to another session (it named that transaction's id itself).
+fn joined_elsewhere() -> bool {
+    let tx = current_transaction();
+    if tx.number == 0 {
+        return false;
+    }
+    let _g = LOCK.share();
+    // SAFETY: as in judge(), read under the shared lock.
+    let slots = unsafe { std::slice::from_raw_parts(TABLE.ptr().cast::<Slot>(), CLAIMS) };
+    carried_context::owned_elsewhere(slots, tx, crate::pg::pid(), crate::pg::clock::now_us())
 }
 
 // ---------------------------------------------------------------- on a worker
@@ -114,9 +182,14 @@ pub unsafe extern "C-unwind" fn check_carried(
     }
     use pg_sys::GucSource::*;
     let stored = matches!(source, PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER);
+    // A token this node made is set here by tenant_guard only (carry());
+    // from anyone else it would be sent on to the workers as theirs.
     let ok = !stored
         && std::str::from_utf8(value).ok().is_some_and(|t| {
-            keyring::try_current().is_some_and(|k| carried_context::decode(t, k.subkey(Purpose::Carried)).is_ok())
+            keyring::try_current().is_some_and(|k| {
+                carried_context::decode(t, k.subkey(Purpose::Carried))
+                    .is_ok_and(|c| c.origin != citus::system_identifier() || CARRYING.with(Cell::get))
+            })
         });
     if !ok {
         // SAFETY: GUC check-hook error reporting, as PostgreSQL documents it.
@@ -222,6 +295,7 @@ pub fn carry(claims: Option<&Claims>) {
             // first remote command, and then reuses it): the token is for it.
             citus::use_coordinated_transaction();
             let (initiator, number, stamp) = citus::distributed_transaction().unwrap_or_default();
+            own(Transaction { initiator, number, stamp });
             let carried = Carried {
                 transaction: Transaction { initiator, number, stamp },
                 org_id: c.org_id,
@@ -241,7 +315,17 @@ pub fn carry(claims: Option<&Claims>) {
     // One connection per worker node: the token is claimed once per node.
     set(c"citus.max_adaptive_executor_pool_size", c"1", true);
     // base64url and dots only: nothing to quote.
-    Spi::run(&format!("SET LOCAL tenant_guard.carried_context TO '{token}'")).unwrap_or_else(|e| {
+    struct Carrying;
+    impl Drop for Carrying {
+        fn drop(&mut self) {
+            CARRYING.with(|c| c.set(false));
+        }
+    }
+    CARRYING.with(|c| c.set(true));
+    let carrying = Carrying;
+    let r = Spi::run(&format!("SET LOCAL tenant_guard.carried_context TO '{token}'"));
+    drop(carrying);
+    r.unwrap_or_else(|e| {
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("carrying the request context failed: {e}"), None, None)
     });
     SENT.with(|s| s.set(claims.map(|_| (crate::context::current_binding().lxid, crate::pg::clock::now_us()))));
@@ -284,8 +368,96 @@ const UUID_EQ_OP: u32 = 2972;
 
 static PREV_PLANNER: std::sync::OnceLock<pg_sys::planner_hook_type> = std::sync::OnceLock::new();
 
+static PREV_NEEDS_FMGR_HOOK: std::sync::OnceLock<pg_sys::needs_fmgr_hook_type> = std::sync::OnceLock::new();
+static PREV_FMGR_HOOK: std::sync::OnceLock<pg_sys::fmgr_hook_type> = std::sync::OnceLock::new();
+
+/// Citus's functions that read a distributed transaction's intermediate
+/// results (named in pg_catalog).
+const RESULT_READERS: [&CStr; 3] =
+    [c"read_intermediate_result", c"read_intermediate_results", c"fetch_intermediate_results"];
+
+thread_local! {
+    /// Functions judged by `needs_fmgr_hook` in this backend: whether each is a reader.
+    static READERS: RefCell<std::collections::HashMap<u32, bool>> = RefCell::new(std::collections::HashMap::new());
+}
+
+/// Whether `f` is one of Citus's readers of intermediate results.
+fn is_result_reader(f: pg_sys::Oid) -> bool {
+    // Built-in functions (and anything made by initdb) are not Citus's.
+    if f.to_u32() < pg_sys::FirstNormalObjectId {
+        return false;
+    }
+    if let Some(known) = READERS.with(|r| r.borrow().get(&f.to_u32()).copied()) {
+        return known;
+    }
+    // SAFETY: catalog lookups of a function by OID (fmgr_info, our caller,
+    // has just looked it up too); NULL for a function that is gone.
+    let reader = unsafe {
+        let name = pg_sys::get_func_name(f);
+        !name.is_null()
+            && pg_sys::get_func_namespace(f) == pg_sys::PG_CATALOG_NAMESPACE.into()
+            && RESULT_READERS.iter().any(|r| CStr::from_ptr(name) == *r)
+    };
+    READERS.with(|r| r.borrow_mut().insert(f.to_u32(), reader));
+    reader
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn needs_fmgr(f: pg_sys::Oid) -> bool {
+    // SAFETY: the previous hook, called as PostgreSQL would.
+    let prev = PREV_NEEDS_FMGR_HOOK.get().copied().flatten().is_some_and(|h| unsafe { h(f) });
+    prev || (citus::loaded() && is_result_reader(f))
+}
+
+/// Before a reader of intermediate results runs: not in a distributed
+/// transaction that belongs on this node to another session.
+#[pg_guard]
+unsafe extern "C-unwind" fn fmgr(
+    event: pg_sys::FmgrHookEventType::Type,
+    flinfo: *mut pg_sys::FmgrInfo,
+    arg: *mut pg_sys::Datum,
+) {
+    if let Some(prev) = PREV_FMGR_HOOK.get().copied().flatten() {
+        // SAFETY: the previous hook, with PostgreSQL's own arguments.
+        unsafe { prev(event, flinfo, arg) };
+    }
+    // SAFETY: PostgreSQL passes the FmgrInfo of the function being called.
+    let f = unsafe { (*flinfo).fn_oid };
+    if event == pg_sys::FmgrHookEventType::FHET_START && citus::loaded() && is_result_reader(f) && joined_elsewhere() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "this session joined a distributed transaction that belongs to another session",
+            Some("Its intermediate results hold what that session's request context may read."),
+            None,
+        );
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    // ROLLBACK TO brings the context of the savepoint back: plans that hold
+    // an org evaluated since then go.
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        forget_injected_plans();
+    }
+}
+
 pub fn init() {
     pgrx::pg_shmem_init!(LOCK);
+    // SAFETY: _PG_init runs once per process; the fmgr hooks are plain
+    // global pointers, chained to whatever was there; the callback is static.
+    unsafe {
+        if PREV_NEEDS_FMGR_HOOK.set(pg_sys::needs_fmgr_hook).is_ok() && PREV_FMGR_HOOK.set(pg_sys::fmgr_hook).is_ok() {
+            pg_sys::needs_fmgr_hook = Some(needs_fmgr);
+            pg_sys::fmgr_hook = Some(fmgr);
+        }
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
     // SAFETY: _PG_init runs once per process before any query; the hook is a
     // plain global pointer, chained to whatever was there (Citus's planner,
     // when Citus is loaded first, as it must be).
@@ -304,8 +476,14 @@ unsafe extern "C-unwind" fn planner(
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
     if citus::loaded() {
+        // Org quals, but not into a query with a data-modifying WITH: Citus
+        // fails on such a query (XX000) when a CTE's UPDATE or DELETE is
+        // pruned to no shard, as an org that contradicts the query's own
+        // filter, or none, would do.
         // SAFETY: `parse` is the query being planned, owned by the caller.
-        unsafe { walk(parse.cast(), std::ptr::null_mut()) };
+        let mut inject = !unsafe { (*parse).hasModifyingCTE };
+        // SAFETY: as above; `inject` outlives the walk.
+        unsafe { walk(parse.cast(), (&mut inject as *mut bool).cast()) };
     }
     match PREV_PLANNER.get().copied().flatten() {
         // SAFETY: the previous hook (Citus's), called as PostgreSQL would.
@@ -315,21 +493,155 @@ unsafe extern "C-unwind" fn planner(
     }
 }
 
-/// Every Query of the tree (subqueries, CTEs, sublinks): add the org quals.
+/// Every Query of the tree (subqueries, CTEs, sublinks): refuse what Citus
+/// would crash planning, and add the org quals when `*ctx` (a bool) says so.
 #[pg_guard]
 unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
-    // SAFETY: `node` is a valid node of the tree being planned.
+    // SAFETY: `node` is a valid node of the tree being planned; `ctx` is
+    // the planner's bool (see planner()).
     unsafe {
         if (*node).type_ == pg_sys::NodeTag::T_Query {
             let q = node.cast::<pg_sys::Query>();
-            add_org_quals(q);
+            refuse_what_citus_cannot_plan(q);
+            if *ctx.cast::<bool>() {
+                add_org_quals(q);
+            }
             return pg_sys::query_tree_walker(q, Some(walk), ctx, 0);
         }
         pg_sys::expression_tree_walker(node, Some(walk), ctx)
     }
+}
+
+// ---------------------------------------------------------------- what Citus cannot plan
+
+/// Citus 13.2 crashes the server (a segfault in the planner, every backend
+/// restarting) when it wraps a table that has row-level security into a
+/// subquery to plan it apart (its security quals keep pointing at the outer
+/// query): a distributed table on the inner side of an outer join whose
+/// other side has no distributed table, and a join of a Citus table with a
+/// local one, when either has row-level security. Any role could do that
+/// with one statement; refused here instead (0A000), before Citus plans.
+/// The same query with the table in a subquery of its own plans fine.
+unsafe fn refuse_what_citus_cannot_plan(q: *mut pg_sys::Query) {
+    // SAFETY: a valid Query of the tree being planned.
+    unsafe {
+        let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+        let (mut rls, mut citus_rel, mut local_rel) = (false, false, false);
+        for rte in rtable.iter_ptr() {
+            if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
+                continue;
+            }
+            rls |= !(*rte).securityQuals.is_null();
+            if citus::is_citus_table((*rte).relid) {
+                citus_rel = true;
+            } else {
+                local_rel = true;
+            }
+        }
+        if !rls || !citus_rel {
+            return;
+        }
+        if local_rel {
+            refuse_unplannable(
+                "a Citus table joined with a table that is not Citus's, where one of them has row-level security",
+            );
+        }
+        if !(*q).jointree.is_null() {
+            outer_join_sides(q, (*q).jointree.cast());
+        }
+    }
+}
+
+/// For a join tree node of `q`: (whether it scans a distributed table,
+/// whether it scans one with row-level security directly); refuses an
+/// outer join whose inner side has the latter and whose other side has no
+/// distributed table (Citus's "recurring" side).
+unsafe fn outer_join_sides(q: *mut pg_sys::Query, node: *mut pg_sys::Node) -> (bool, bool) {
+    // SAFETY: nodes of `q`'s join tree; range table entries of `q`.
+    unsafe {
+        if node.is_null() {
+            return (false, false);
+        }
+        match (*node).type_ {
+            pg_sys::NodeTag::T_RangeTblRef => {
+                let i = (*node.cast::<pg_sys::RangeTblRef>()).rtindex;
+                let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+                let Some(rte) = rtable.get_ptr((i - 1) as usize) else { return (false, false) };
+                match (*rte).rtekind {
+                    pg_sys::RTEKind::RTE_RELATION => {
+                        let dist = citus::has_distribution_key((*rte).relid);
+                        (dist, dist && !(*rte).securityQuals.is_null())
+                    }
+                    pg_sys::RTEKind::RTE_SUBQUERY => (scans_distributed((*rte).subquery), false),
+                    _ => (false, false),
+                }
+            }
+            pg_sys::NodeTag::T_JoinExpr => {
+                let j = node.cast::<pg_sys::JoinExpr>();
+                let (l, r) = (outer_join_sides(q, (*j).larg), outer_join_sides(q, (*j).rarg));
+                use pg_sys::JoinType::*;
+                let bad = match (*j).jointype {
+                    JOIN_LEFT => r.1 && !l.0,
+                    JOIN_RIGHT => l.1 && !r.0,
+                    JOIN_FULL => (r.1 && !l.0) || (l.1 && !r.0),
+                    _ => false,
+                };
+                if bad {
+                    refuse_unplannable("a distributed table with row-level security on the inner side of an outer join whose other side has no distributed table");
+                }
+                (l.0 || r.0, l.1 || r.1)
+            }
+            pg_sys::NodeTag::T_FromExpr => {
+                let f = node.cast::<pg_sys::FromExpr>();
+                pgrx::PgList::<pg_sys::Node>::from_pg((*f).fromlist)
+                    .iter_ptr()
+                    .map(|n| outer_join_sides(q, n))
+                    .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1))
+            }
+            _ => (false, false),
+        }
+    }
+}
+
+/// Whether a subquery scans a distributed table anywhere.
+unsafe fn scans_distributed(q: *mut pg_sys::Query) -> bool {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn find(node: *mut pg_sys::Node, found: *mut c_void) -> bool {
+        if node.is_null() {
+            return false;
+        }
+        // SAFETY: nodes of the subquery's tree; `found` is the caller's bool.
+        unsafe {
+            if (*node).type_ == pg_sys::NodeTag::T_Query {
+                let q = node.cast::<pg_sys::Query>();
+                let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+                if rtable.iter_ptr().any(|rte| {
+                    (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION && citus::has_distribution_key((*rte).relid)
+                }) {
+                    *found.cast::<bool>() = true;
+                    return true;
+                }
+                return pg_sys::query_tree_walker(q, Some(find), found, 0);
+            }
+            pg_sys::expression_tree_walker(node, Some(find), found)
+        }
+    }
+    let mut found = false;
+    // SAFETY: a valid subquery; `found` outlives the walk.
+    unsafe { find(q.cast(), (&mut found as *mut bool).cast()) };
+    found
+}
+
+fn refuse_unplannable(what: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("Citus cannot plan this query: {what}"),
+        Some("Citus 13.2 crashes the server planning such a query (see the limits in tenant_guard's docs/citus.md), so tenant_guard refuses it."),
+        Some("Put the table with row-level security in a subquery of its own, e.g. LEFT JOIN (SELECT * FROM t) t ON ..., or make the join an inner join."),
+    )
 }
 
 /// The org-column Var and the role of a protect() policy qual

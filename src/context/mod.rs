@@ -158,8 +158,9 @@ unsafe extern "C-unwind" fn rights_xact_callback(event: pg_sys::XactEvent::Type,
         _ => {}
     }
     if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE) {
-        // The context ends with the transaction: so do plans built on it.
-        crate::citus::forget_injected_plans();
+        // The context ends with the transaction: so do plans built on it,
+        // and the distributed transaction's record on this node.
+        crate::citus::transaction_ended();
     }
 }
 

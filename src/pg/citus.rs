@@ -81,6 +81,23 @@ pub fn is_citus_table(relid: pg_sys::Oid) -> bool {
     }
 }
 
+/// Whether `relid` is a Citus table with a distribution column (hash or
+/// range distributed): false for reference tables, Citus local tables,
+/// single-shard tables, and anything that is not a Citus table.
+pub fn has_distribution_key(relid: pg_sys::Oid) -> bool {
+    type HasDistributionKey = unsafe extern "C-unwind" fn(pg_sys::Oid) -> bool;
+    static F: OnceLock<Option<usize>> = OnceLock::new();
+    if !is_citus_table(relid) {
+        return false;
+    }
+    match symbol(&F, c"HasDistributionKey") {
+        // SAFETY: Citus's `bool HasDistributionKey(Oid)`, for a Citus table
+        // (checked above: it raises for any other relation).
+        Some(a) => unsafe { std::mem::transmute::<usize, HasDistributionKey>(a)(relid) },
+        None => false,
+    }
+}
+
 /// This cluster's system identifier (pg_control): tells the nodes apart.
 pub fn system_identifier() -> u64 {
     // SAFETY: a read of the control file data loaded at startup.
