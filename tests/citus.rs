@@ -168,7 +168,8 @@ fn a_forged_or_copied_context_gives_nothing_on_any_node() {
     let mut dba = w.citus.connect("dba");
     // A forged value: refused by every node.
     for mut c in [w.citus.connect("app"), w.citus.worker(0, "app")] {
-        let r = c.simple_query("BEGIN; SET LOCAL tenant_guard.carried_context = 'tgc1.e30.AAAA'");
+        exec(&mut c, "BEGIN");
+        let r = c.simple_query("SET LOCAL tenant_guard.carried_context = 'tgc1.e30.AAAA'");
         assert_eq!(sqlstate(&r).as_deref(), Some("22023"));
         assert!(!full_error(&r).contains("e30"), "the value is not echoed");
         exec(&mut c, "ROLLBACK");
@@ -222,7 +223,8 @@ fn a_forged_or_copied_context_gives_nothing_on_any_node() {
         format!("SET LOCAL tenant_guard.carried_context = '{token}'"),
         format!("SELECT set_config('tenant_guard.carried_context', '{token}', true)"),
     ] {
-        let r = co.simple_query(&format!("BEGIN; {set}"));
+        exec(&mut co, "BEGIN");
+        let r = co.simple_query(&set);
         assert_eq!(sqlstate(&r).as_deref(), Some("22023"), "{set}: {}", full_error(&r));
         exec(&mut co, "ROLLBACK");
     }
@@ -231,18 +233,20 @@ fn a_forged_or_copied_context_gives_nothing_on_any_node() {
         exec(&mut wk_app, "SET citus.show_shards_for_app_name_prefixes = '*'");
         let shard = val(&mut wk_app, "SELECT relname FROM pg_class WHERE relname ~ '^docs_[0-9]+$' LIMIT 1").unwrap();
         // Outside A's distributed transaction: refused.
-        exec(&mut wk_app, &format!("BEGIN; SET LOCAL tenant_guard.carried_context = '{token}'"));
+        exec(&mut wk_app, "BEGIN");
+        exec(&mut wk_app, &format!("SET LOCAL tenant_guard.carried_context = '{token}'"));
         let r = wk_app.simple_query(&format!("SELECT count(*) FROM {shard}"));
         assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "worker {i}: {}", full_error(&r));
         exec(&mut wk_app, "ROLLBACK");
         // Even claiming A's distributed transaction id (any session may call
         // assign_distributed_transaction_id): refused where A's query ran,
-        // which claimed the token first.
+        // which claimed the token first: the transaction is that session's
+        // on this node, and a session that joins it runs nothing.
         if wk.port.to_string() == served {
-            exec(&mut wk_app, &format!("BEGIN; SELECT {assign}; SET LOCAL tenant_guard.carried_context = '{token}'"));
-            let r = wk_app.simple_query(&format!("SELECT count(*) FROM {shard}"));
+            exec(&mut wk_app, &format!("BEGIN; SELECT {assign}"));
+            let r = wk_app.simple_query(&format!("SET LOCAL tenant_guard.carried_context = '{token}'"));
             assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "worker {i}: {}", full_error(&r));
-            assert!(full_error(&r).contains("used it first"), "{}", full_error(&r));
+            assert!(full_error(&r).contains("belongs to another session"), "{}", full_error(&r));
             exec(&mut wk_app, "ROLLBACK");
         }
     }
@@ -432,16 +436,37 @@ fn what_the_citus_review_found_stays_fixed() {
     );
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
     exec(&mut attacker, "ROLLBACK");
+    // ... nor with Citus's own COPY reader, nor run anything else there.
+    exec(&mut attacker, &format!("BEGIN; SELECT assign_distributed_transaction_id({initiator}, {number}, now())"));
+    let r = attacker.simple_query("COPY \"1_1\" TO STDOUT WITH (format result)");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    exec(&mut attacker, "ROLLBACK");
+    exec(&mut attacker, &format!("BEGIN; SELECT assign_distributed_transaction_id({initiator}, {number}, now())"));
+    let r = attacker.simple_query("SELECT count(*) FROM categories");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    exec(&mut attacker, "ROLLBACK");
     // B's own request goes on.
     assert_eq!(rows(&mut victim, "FETCH ALL FROM cur").len(), 18);
     exec(&mut victim, "COMMIT");
 
+    // Citus sends the whole query string of a SET LOCAL on to the workers:
+    // one that holds anything else is refused; alone, it works.
+    let mut app = w.citus.connect("app");
+    let r = app.simple_query("BEGIN; SET LOCAL work_mem = '5MB'; SELECT 1");
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
+    exec(&mut app, "ROLLBACK");
+    exec(&mut app, "BEGIN");
+    exec(&mut app, "SET LOCAL work_mem = '5MB'; -- a comment is fine");
+    assert_eq!(count(&mut app, "SELECT count(*) FROM categories"), 2);
+    exec(&mut app, "COMMIT");
+
     // Shapes Citus 13.2 crashes the server planning (a table with RLS it
     // wraps into a subquery): refused, with and without a context; the
     // subquery form plans.
-    let mut app = w.citus.connect("app");
     for (sql, ctx) in [
         ("SELECT c.name, d.title FROM categories c LEFT JOIN docs d ON d.id = c.id", false),
+        ("SELECT d.title FROM (SELECT id FROM docs LIMIT 1) x LEFT JOIN docs d ON d.id = x.id", false),
+        ("SELECT d.title FROM (SELECT max(id) AS m FROM docs) x LEFT JOIN docs d ON d.id = x.m", true),
         ("SELECT c.name, d.title FROM categories c LEFT JOIN docs d ON d.id = c.id", true),
         ("SELECT count(*) FROM docs d JOIN tenant_guard.organizations o ON o.id = d.org_id", true),
     ] {

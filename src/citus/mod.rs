@@ -423,13 +423,196 @@ unsafe extern "C-unwind" fn fmgr(
     }
     // SAFETY: PostgreSQL passes the FmgrInfo of the function being called.
     let f = unsafe { (*flinfo).fn_oid };
-    if event == pg_sys::FmgrHookEventType::FHET_START && citus::loaded() && is_result_reader(f) && joined_elsewhere() {
+    if event == pg_sys::FmgrHookEventType::FHET_START && citus::loaded() && is_result_reader(f) {
+        refuse_if_joined();
+    }
+}
+
+/// Refuse (42501) when this session is in a distributed transaction that
+/// belongs on this node to another session: it can only have named that
+/// transaction's id itself, and would read (with Citus's readers, or its
+/// `COPY ... WITH (format result)`) or write the results that transaction
+/// left here, which hold what its request context may read.
+pub fn refuse_if_joined() {
+    if citus::loaded() && joined_elsewhere() {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "this session joined a distributed transaction that belongs to another session",
             Some("Its intermediate results hold what that session's request context may read."),
             None,
         );
+    }
+}
+
+static PREV_PROCESS_UTILITY: std::sync::OnceLock<pg_sys::ProcessUtility_hook_type> = std::sync::OnceLock::new();
+
+/// Before Citus sees a utility statement: nothing but ending the
+/// transaction in one that belongs to another session; and no SET LOCAL
+/// (or SET TRANSACTION) in a query string that holds more than it, since
+/// Citus sends the whole query string of such a SET to every worker
+/// connection of the transaction, where the rest would run as SQL of the
+/// caller's choosing (a copied carried context, for one, on a worker its
+/// transaction has not used).
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    if citus::loaded() {
+        // SAFETY: PostgreSQL passes the statement being executed and its source text.
+        unsafe {
+            let node = (*pstmt).utilityStmt;
+            if !node.is_null() && (*node).type_ != pg_sys::NodeTag::T_TransactionStmt {
+                refuse_if_joined();
+            }
+            if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt && !query_string.is_null() {
+                let set = node.cast::<pg_sys::VariableSetStmt>();
+                let propagated = (*set).is_local || (*set).kind == pg_sys::VariableSetKind::VAR_SET_MULTI;
+                let text = CStr::from_ptr(query_string).to_bytes();
+                if propagated
+                    && !alone_in(text, (*pstmt).stmt_location, (*pstmt).stmt_len)
+                    && !citus_shaped(query_string)
+                {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        "SET LOCAL must be sent as a query of its own on a Citus node",
+                        Some("Citus sends the whole query string of a SET LOCAL on to the workers, where the rest of it would run too."),
+                        Some("Send the SET LOCAL alone, then the other statements."),
+                    );
+                }
+            }
+        }
+    }
+    match PREV_PROCESS_UTILITY.get().copied().flatten() {
+        // SAFETY: the previous hook (Citus's), with PostgreSQL's own arguments.
+        Some(prev) => unsafe { prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc) },
+        // SAFETY: the standard function, with PostgreSQL's own arguments.
+        None => unsafe {
+            pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+        },
+    }
+}
+
+/// Whether every statement of `query` is one Citus itself sends a worker as
+/// a transaction's first command: BEGIN and SAVEPOINTs, SETs, and
+/// `SELECT assign_distributed_transaction_id(<constants>)` (the SETs it
+/// replays there passed the check above on the node that sent them).
+unsafe fn citus_shaped(query: *const c_char) -> bool {
+    /// A constant, or a cast of one.
+    unsafe fn constant(n: *mut pg_sys::Node) -> bool {
+        // SAFETY: a raw parse tree node.
+        unsafe {
+            !n.is_null()
+                && match (*n).type_ {
+                    pg_sys::NodeTag::T_A_Const => true,
+                    pg_sys::NodeTag::T_TypeCast => constant((*n.cast::<pg_sys::TypeCast>()).arg),
+                    _ => false,
+                }
+        }
+    }
+    // SAFETY: the raw parse of a query string PostgreSQL has already parsed
+    // once (no new error); the nodes are read as the parser made them.
+    unsafe {
+        let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
+            query,
+            pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
+        ));
+        let shaped = stmts.iter_ptr().all(|raw| {
+            let n = (*raw).stmt;
+            match (*n).type_ {
+                pg_sys::NodeTag::T_TransactionStmt | pg_sys::NodeTag::T_VariableSetStmt => true,
+                pg_sys::NodeTag::T_SelectStmt => {
+                    let sel = n.cast::<pg_sys::SelectStmt>();
+                    let targets = pgrx::PgList::<pg_sys::ResTarget>::from_pg((*sel).targetList);
+                    let plain = (*sel).distinctClause.is_null()
+                        && (*sel).intoClause.is_null()
+                        && (*sel).fromClause.is_null()
+                        && (*sel).whereClause.is_null()
+                        && (*sel).groupClause.is_null()
+                        && (*sel).havingClause.is_null()
+                        && (*sel).windowClause.is_null()
+                        && (*sel).valuesLists.is_null()
+                        && (*sel).sortClause.is_null()
+                        && (*sel).limitOffset.is_null()
+                        && (*sel).limitCount.is_null()
+                        && (*sel).lockingClause.is_null()
+                        && (*sel).withClause.is_null()
+                        && (*sel).op == pg_sys::SetOperation::SETOP_NONE
+                        && targets.len() == 1;
+                    plain
+                        && targets.get_ptr(0).is_some_and(|t| {
+                            let v = (*t).val;
+                            if v.is_null() || (*v).type_ != pg_sys::NodeTag::T_FuncCall {
+                                return false;
+                            }
+                            let f = v.cast::<pg_sys::FuncCall>();
+                            let name = pgrx::PgList::<pg_sys::Node>::from_pg((*f).funcname);
+                            let last = name.get_ptr(name.len().saturating_sub(1));
+                            let named = last.is_some_and(|l| {
+                                (*l).type_ == pg_sys::NodeTag::T_String
+                                    && CStr::from_ptr((*l.cast::<pg_sys::String>()).sval)
+                                        == c"assign_distributed_transaction_id"
+                            });
+                            named
+                                && (*f).agg_order.is_null()
+                                && (*f).agg_filter.is_null()
+                                && (*f).over.is_null()
+                                && pgrx::PgList::<pg_sys::Node>::from_pg((*f).args).iter_ptr().all(|a| constant(a))
+                        })
+                }
+                _ => false,
+            }
+        });
+        shaped
+    }
+}
+
+/// Whether the statement at `location`, `len` bytes long (0: to the end),
+/// is all of `text` but whitespace, semicolons and comments.
+fn alone_in(text: &[u8], location: i32, len: i32) -> bool {
+    let start = usize::try_from(location).unwrap_or(0).min(text.len());
+    let end = if len <= 0 { text.len() } else { (start + len as usize).min(text.len()) };
+    only_filler(&text[..start]) && only_filler(&text[end..])
+}
+
+/// Whitespace, semicolons and SQL comments only.
+fn only_filler(mut t: &[u8]) -> bool {
+    loop {
+        match t {
+            [] => return true,
+            [c, rest @ ..] if c.is_ascii_whitespace() || *c == b';' => t = rest,
+            [b'-', b'-', rest @ ..] => {
+                let nl = rest.iter().position(|&c| c == b'\n').map_or(rest.len(), |i| i + 1);
+                t = &rest[nl..];
+            }
+            [b'/', b'*', rest @ ..] => {
+                // Nested, as PostgreSQL's lexer reads them.
+                let (mut depth, mut i) = (1usize, 0usize);
+                while depth > 0 {
+                    match rest.get(i..i + 2) {
+                        Some(b"*/") => {
+                            depth -= 1;
+                            i += 2;
+                        }
+                        Some(b"/*") => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        Some(_) => i += 1,
+                        None => return false,
+                    }
+                }
+                t = &rest[i..];
+            }
+            _ => return false,
+        }
     }
 }
 
@@ -457,6 +640,9 @@ pub fn init() {
             pg_sys::fmgr_hook = Some(fmgr);
         }
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+        if PREV_PROCESS_UTILITY.set(pg_sys::ProcessUtility_hook).is_ok() {
+            pg_sys::ProcessUtility_hook = Some(process_utility);
+        }
     }
     // SAFETY: _PG_init runs once per process before any query; the hook is a
     // plain global pointer, chained to whatever was there (Citus's planner,
@@ -555,10 +741,13 @@ unsafe fn refuse_what_citus_cannot_plan(q: *mut pg_sys::Query) {
     }
 }
 
-/// For a join tree node of `q`: (whether it scans a distributed table,
-/// whether it scans one with row-level security directly); refuses an
-/// outer join whose inner side has the latter and whose other side has no
-/// distributed table (Citus's "recurring" side).
+/// For a join tree node of `q`: (whether it is made of distributed tables
+/// only, scanned directly, whether it scans one with row-level security
+/// directly); refuses an outer join whose inner side has the latter and
+/// whose other side is anything else: a reference or local table, a
+/// function, `VALUES`, or a subquery (which Citus may turn into an
+/// intermediate result, as with `LIMIT` or an aggregate), where Citus would
+/// plan the inner side apart.
 unsafe fn outer_join_sides(q: *mut pg_sys::Query, node: *mut pg_sys::Node) -> (bool, bool) {
     // SAFETY: nodes of `q`'s join tree; range table entries of `q`.
     unsafe {
@@ -575,7 +764,6 @@ unsafe fn outer_join_sides(q: *mut pg_sys::Query, node: *mut pg_sys::Node) -> (b
                         let dist = citus::has_distribution_key((*rte).relid);
                         (dist, dist && !(*rte).securityQuals.is_null())
                     }
-                    pg_sys::RTEKind::RTE_SUBQUERY => (scans_distributed((*rte).subquery), false),
                     _ => (false, false),
                 }
             }
@@ -590,49 +778,21 @@ unsafe fn outer_join_sides(q: *mut pg_sys::Query, node: *mut pg_sys::Node) -> (b
                     _ => false,
                 };
                 if bad {
-                    refuse_unplannable("a distributed table with row-level security on the inner side of an outer join whose other side has no distributed table");
+                    refuse_unplannable("a distributed table with row-level security on the inner side of an outer join whose other side is not distributed tables alone");
                 }
-                (l.0 || r.0, l.1 || r.1)
+                (l.0 && r.0, l.1 || r.1)
             }
             pg_sys::NodeTag::T_FromExpr => {
                 let f = node.cast::<pg_sys::FromExpr>();
-                pgrx::PgList::<pg_sys::Node>::from_pg((*f).fromlist)
+                let sides: Vec<(bool, bool)> = pgrx::PgList::<pg_sys::Node>::from_pg((*f).fromlist)
                     .iter_ptr()
                     .map(|n| outer_join_sides(q, n))
-                    .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1))
+                    .collect();
+                (!sides.is_empty() && sides.iter().all(|s| s.0), sides.iter().any(|s| s.1))
             }
             _ => (false, false),
         }
     }
-}
-
-/// Whether a subquery scans a distributed table anywhere.
-unsafe fn scans_distributed(q: *mut pg_sys::Query) -> bool {
-    #[pg_guard]
-    unsafe extern "C-unwind" fn find(node: *mut pg_sys::Node, found: *mut c_void) -> bool {
-        if node.is_null() {
-            return false;
-        }
-        // SAFETY: nodes of the subquery's tree; `found` is the caller's bool.
-        unsafe {
-            if (*node).type_ == pg_sys::NodeTag::T_Query {
-                let q = node.cast::<pg_sys::Query>();
-                let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
-                if rtable.iter_ptr().any(|rte| {
-                    (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION && citus::has_distribution_key((*rte).relid)
-                }) {
-                    *found.cast::<bool>() = true;
-                    return true;
-                }
-                return pg_sys::query_tree_walker(q, Some(find), found, 0);
-            }
-            pg_sys::expression_tree_walker(node, Some(find), found)
-        }
-    }
-    let mut found = false;
-    // SAFETY: a valid subquery; `found` outlives the walk.
-    unsafe { find(q.cast(), (&mut found as *mut bool).cast()) };
-    found
 }
 
 fn refuse_unplannable(what: &str) -> ! {

@@ -190,6 +190,8 @@ pub fn init() {
 /// refreshed setting from their leader, which runs this first.
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    // A session in another session's distributed transaction runs nothing (Citus).
+    crate::citus::refuse_if_joined();
     refresh();
     match PREV_EXECUTOR_START.get().copied().flatten() {
         Some(prev) => {
