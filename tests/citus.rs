@@ -456,7 +456,7 @@ fn what_the_citus_review_found_stays_fixed() {
     assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
     exec(&mut app, "ROLLBACK");
     exec(&mut app, "BEGIN");
-    exec(&mut app, "SET LOCAL work_mem = '5MB'; -- a comment is fine");
+    exec(&mut app, "SET LOCAL work_mem = '5MB'; -- a comment is fine\n");
     assert_eq!(count(&mut app, "SELECT count(*) FROM categories"), 2);
     exec(&mut app, "COMMIT");
 
@@ -512,4 +512,147 @@ fn what_the_citus_review_found_stays_fixed() {
     exec(&mut app, "COMMIT");
     // The coordinator is still up (no crash went by).
     assert_eq!(count(&mut w.citus.connect("dba"), "SELECT count(*) FROM docs"), 50);
+}
+
+/// What the second black-box review found, each closed: SQL smuggled into
+/// a SET LOCAL through a literal the coordinator and a worker read apart
+/// (`standard_conforming_strings = off` here, on there), which put a
+/// copied context onto a worker from the coordinator alone; a worker that
+/// took COMMIT and BEGIN inside what it took for Citus's first command;
+/// RESET and a trailing `--` comment, which Citus also sends on; a
+/// session that named the number of a transaction yet to start, signed in
+/// and so refused that transaction's owner.
+#[test]
+fn what_the_second_citus_review_found_stays_fixed() {
+    let w = world();
+    let mut dba = w.citus.connect("dba");
+    // Victim: org B's request, open, its remote commands shown to it.
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut cfg = postgres::Config::new();
+    cfg.host("127.0.0.1").port(w.citus.coordinator.port).user("app").dbname("postgres");
+    let sink = notices.clone();
+    let mut victim = cfg
+        .notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    begin_as(&mut victim, &w.org_b, OWNER_B);
+    exec(&mut victim, "SET LOCAL citus.log_remote_commands = on");
+    assert_eq!(count(&mut victim, "SELECT count(*) FROM docs"), 20);
+    let seen = notices.lock().unwrap().clone();
+    let token = seen
+        .iter()
+        .find_map(|m| m.split('\'').find(|p| p.starts_with("tgc1.")).map(str::to_string))
+        .expect("the carried context in the remote commands");
+    let assign = seen
+        .iter()
+        .find_map(|m| {
+            m.find("assign_distributed_transaction_id(").map(|i| m[i..].split(')').next().unwrap().to_string() + ")")
+        })
+        .expect("the distributed transaction id in the remote commands")
+        .replace('\'', "$s$");
+    // An org whose notes live on the worker B's request has not used.
+    let b_node = val(
+        &mut dba,
+        &format!(
+            "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+              WHERE p.shardid = get_shard_id_for_distribution_column('notes', '{}')",
+            w.org_b
+        ),
+    )
+    .unwrap();
+    let elsewhere = val(
+        &mut dba,
+        &format!(
+            "SELECT u::text FROM (SELECT md5(g::text)::uuid AS u FROM generate_series(1, 200) g) c
+              WHERE (SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+                      WHERE p.shardid = get_shard_id_for_distribution_column('notes', c.u)) <> {b_node}
+              LIMIT 1"
+        ),
+    )
+    .unwrap();
+    // The attacker, on the coordinator only, with no context: a literal
+    // that ends at a backslash on the worker only.
+    let mut app = w.citus.connect("app");
+    exec(&mut app, "SET standard_conforming_strings = off");
+    exec(&mut app, "BEGIN");
+    exec(&mut app, "SET LOCAL citus.propagate_set_commands = 'local'");
+    let opened =
+        format!("WITH u AS (DELETE FROM notes WHERE org_id = '{elsewhere}' RETURNING 1) SELECT count(*) FROM u");
+    assert_eq!(count(&mut app, &opened), 0);
+    let smuggled = format!(
+        "SET LOCAL myapp.x = 'x\\'; COMMIT; BEGIN; SET LOCAL tenant_guard.carried_context TO $t${token}$t$; SELECT {assign}; --'"
+    );
+    let r = app.simple_query(&smuggled);
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
+    assert!(full_error(&r).contains("backslash"), "{}", full_error(&r));
+    exec(&mut app, "ROLLBACK");
+    exec(&mut app, "RESET standard_conforming_strings");
+    exec(&mut victim, "COMMIT");
+
+    // What Citus also sends on: RESET, and a trailing -- comment (which
+    // would swallow what Citus appends); backslashes in any SET LOCAL.
+    // A dollar-quoted value, and a comment ended by a newline, are fine.
+    for refused in [
+        "RESET work_mem; SELECT 1",
+        "RESET ALL; SELECT 1",
+        "SET LOCAL work_mem = '5MB' -- no newline",
+        "SET LOCAL application_name = E'a\\\\b'",
+    ] {
+        exec(&mut app, "BEGIN");
+        let r = app.simple_query(refused);
+        assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{refused}: {}", full_error(&r));
+        exec(&mut app, "ROLLBACK");
+    }
+    exec(&mut app, "BEGIN");
+    exec(&mut app, "SET LOCAL application_name = $$a b$$ -- a note\n");
+    exec(&mut app, "RESET work_mem");
+    assert_eq!(count(&mut app, "SELECT count(*) FROM categories"), 2);
+    exec(&mut app, "COMMIT");
+    // A superuser's text is its own (Citus's maintenance joins such commands).
+    exec(&mut dba, "BEGIN; SET LOCAL work_mem = '5MB'; RESET work_mem; SELECT 1; COMMIT");
+
+    // On a worker: what passes for Citus's first command of a transaction
+    // is BEGIN, SETs and SAVEPOINTs, and the id last; nothing else.
+    let mut wk = w.citus.worker(0, "app");
+    let r = wk.simple_query(
+        "BEGIN; SET LOCAL work_mem = '5MB'; COMMIT; BEGIN; SELECT assign_distributed_transaction_id(0, 123456789, '2026-01-01')",
+    );
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
+    exec(&mut wk, "ROLLBACK");
+    exec(
+        &mut wk,
+        "BEGIN TRANSACTION ISOLATION LEVEL READ COMMITTED; SET LOCAL work_mem = '5MB'; SAVEPOINT savepoint_1; \
+         SELECT assign_distributed_transaction_id(0, 123456789, '2026-01-01')",
+    );
+    exec(&mut wk, "ROLLBACK");
+
+    // A data-modifying WITH read with a reference table, in a request
+    // context: Citus runs it over a connection to the coordinator itself,
+    // which cannot take the context (it failed with XX000); refused with
+    // 0A000. As two statements it works.
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    let r = app.simple_query(
+        "WITH u AS (UPDATE notes SET body = body RETURNING id) SELECT count(*) FROM u JOIN categories c USING (id)",
+    );
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
+    exec(&mut app, "ROLLBACK");
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    exec(&mut app, "CREATE TEMP TABLE touched ON COMMIT DROP AS WITH u AS (UPDATE notes SET body = body RETURNING id) SELECT id FROM u");
+    assert_eq!(count(&mut app, "SELECT count(*) FROM touched"), 5);
+    assert_eq!(count(&mut app, "SELECT count(*) FROM categories c WHERE c.id IN (1, 2)"), 2);
+    exec(&mut app, "ROLLBACK");
+
+    // A session that names a transaction number itself and signs in does
+    // not make that transaction its own (it would refuse its owner), and
+    // carries no context to the workers.
+    let number = 4_000_000_000u64 + u64::from(std::process::id());
+    let mut squatter = w.citus.connect("app");
+    exec(&mut squatter, &format!("BEGIN; SELECT assign_distributed_transaction_id(0, {number}, now())"));
+    val(&mut squatter, &format!("SELECT tenant_guard.authenticate_jwt('{}')", token_for(&w.org_a, MEMBER_A))).unwrap();
+    assert_eq!(count(&mut squatter, "SELECT count(*) FROM docs"), 0, "no context reaches the workers");
+    let mut owner = w.citus.connect("app");
+    exec(&mut owner, &format!("BEGIN; SELECT assign_distributed_transaction_id(0, {number}, now())"));
+    assert_eq!(count(&mut owner, "SELECT count(*) FROM categories"), 2, "not refused: nobody owns it");
+    exec(&mut owner, "ROLLBACK");
+    exec(&mut squatter, "ROLLBACK");
 }

@@ -295,6 +295,14 @@ pub fn carry(claims: Option<&Claims>) {
             // first remote command, and then reuses it): the token is for it.
             citus::use_coordinated_transaction();
             let (initiator, number, stamp) = citus::distributed_transaction().unwrap_or_default();
+            if !citus::originated_here() {
+                // The session named its distributed transaction id itself
+                // (or is a worker's part of another node's): a context set
+                // there is not carried, and the transaction is not made
+                // its own, or a session could take the number of a
+                // transaction yet to start and refuse its owner.
+                return carry_nothing();
+            }
             own(Transaction { initiator, number, stamp });
             let carried = Carried {
                 transaction: Transaction { initiator, number, stamp },
@@ -310,6 +318,19 @@ pub fn carry(claims: Option<&Claims>) {
             carried_context::encode(&carried, keyring::current().subkey(Purpose::Carried))
         }
     };
+    send(&token);
+    SENT.with(|s| s.set(claims.map(|_| (crate::context::current_binding().lxid, crate::pg::clock::now_us()))));
+}
+
+/// Carry no context: the workers of this transaction get none.
+fn carry_nothing() {
+    send("");
+    SENT.with(|s| s.set(None));
+}
+
+/// Set the carried context (a token, or empty for none) with SET LOCAL,
+/// which Citus replays on every worker connection of the transaction.
+fn send(token: &str) {
     let set = crate::pg::settings::set_as_superuser;
     set(c"citus.propagate_set_commands", c"local", true);
     // One connection per worker node: the token is claimed once per node.
@@ -328,7 +349,6 @@ pub fn carry(claims: Option<&Claims>) {
     r.unwrap_or_else(|e| {
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("carrying the request context failed: {e}"), None, None)
     });
-    SENT.with(|s| s.set(claims.map(|_| (crate::context::current_binding().lxid, crate::pg::clock::now_us()))));
 }
 
 /// Before each statement: a carried token past half its life is replaced
@@ -448,10 +468,11 @@ static PREV_PROCESS_UTILITY: std::sync::OnceLock<pg_sys::ProcessUtility_hook_typ
 
 /// Before Citus sees a utility statement: nothing but ending the
 /// transaction in one that belongs to another session; and no SET LOCAL
-/// (or SET TRANSACTION) in a query string that holds more than it, since
-/// Citus sends the whole query string of such a SET to every worker
-/// connection of the transaction, where the rest would run as SQL of the
-/// caller's choosing (a copied carried context, for one, on a worker its
+/// (SET TRANSACTION, RESET, RESET ALL) in a query string that holds more
+/// than it, ends inside a line comment or holds a backslash, since Citus
+/// sends the whole query string of such a SET to every worker connection
+/// of the transaction, where the rest would run as SQL of the caller's
+/// choosing (a copied carried context, for one, on a worker its
 /// transaction has not used).
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
@@ -472,19 +493,46 @@ unsafe extern "C-unwind" fn process_utility(
             if !node.is_null() && (*node).type_ != pg_sys::NodeTag::T_TransactionStmt {
                 refuse_if_joined();
             }
-            if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt && !query_string.is_null() {
+            // A superuser's text is not checked: Citus's own maintenance
+            // (as the extension's owner) joins commands such as `SET LOCAL
+            // lock_timeout` or `RESET ROLE` with others in one string, and a
+            // superuser may run anything on a worker anyway.
+            if !node.is_null()
+                && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt
+                && !query_string.is_null()
+                && !pg_sys::superuser()
+            {
                 let set = node.cast::<pg_sys::VariableSetStmt>();
-                let propagated = (*set).is_local || (*set).kind == pg_sys::VariableSetKind::VAR_SET_MULTI;
+                // What Citus propagates (commands/variableset.c), whatever
+                // the setting: SET LOCAL, RESET, RESET ALL, SET TRANSACTION.
+                let propagated = (*set).is_local
+                    || matches!(
+                        (*set).kind,
+                        pg_sys::VariableSetKind::VAR_SET_MULTI
+                            | pg_sys::VariableSetKind::VAR_RESET
+                            | pg_sys::VariableSetKind::VAR_RESET_ALL
+                    );
                 let text = CStr::from_ptr(query_string).to_bytes();
+                if propagated && text.contains(&b'\\') {
+                    // A worker may read the text otherwise than this node
+                    // did: with another standard_conforming_strings, a
+                    // literal here can end at a backslash there.
+                    raise(
+                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        "a SET LOCAL or RESET on a Citus node may not contain a backslash",
+                        Some("Citus sends its text on to the workers, which may read a backslash in a literal otherwise (standard_conforming_strings)."),
+                        Some("Write the value without backslashes: a dollar-quoted literal ($$...$$) takes them as they are."),
+                    );
+                }
                 if propagated
-                    && !alone_in(text, (*pstmt).stmt_location, (*pstmt).stmt_len)
-                    && !citus_shaped(query_string)
+                    && ((!alone_in(text, (*pstmt).stmt_location, (*pstmt).stmt_len) && !citus_shaped(query_string))
+                        || swallows_what_follows(text))
                 {
                     raise(
                         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                         "SET LOCAL must be sent as a query of its own on a Citus node",
-                        Some("Citus sends the whole query string of a SET LOCAL on to the workers, where the rest of it would run too."),
-                        Some("Send the SET LOCAL alone, then the other statements."),
+                        Some("Citus sends the whole query string of a SET LOCAL or RESET on to the workers, where the rest of it would run too; a trailing -- comment would swallow what Citus appends."),
+                        Some("Send the SET LOCAL alone, then the other statements; end a -- comment with a newline."),
                     );
                 }
             }
@@ -500,10 +548,12 @@ unsafe extern "C-unwind" fn process_utility(
     }
 }
 
-/// Whether every statement of `query` is one Citus itself sends a worker as
-/// a transaction's first command: BEGIN and SAVEPOINTs, SETs, and
-/// `SELECT assign_distributed_transaction_id(<constants>)` (the SETs it
-/// replays there passed the check above on the node that sent them).
+/// Whether `query` has the shape of the command Citus sends a worker to
+/// begin its part of a distributed transaction (remote_transaction.c):
+/// `BEGIN ...;`, then SETs and `SAVEPOINT`s, then at most one
+/// `SELECT assign_distributed_transaction_id(<constants>)`, last. The SETs
+/// it replays there each passed the checks above on the node that sent
+/// them; nothing else (a COMMIT and a second BEGIN, for one) may ride along.
 unsafe fn citus_shaped(query: *const c_char) -> bool {
     /// A constant, or a cast of one.
     unsafe fn constant(n: *mut pg_sys::Node) -> bool {
@@ -517,61 +567,105 @@ unsafe fn citus_shaped(query: *const c_char) -> bool {
                 }
         }
     }
+    /// The kind of a transaction statement, if `n` is one.
+    unsafe fn transaction_kind(n: *mut pg_sys::Node) -> Option<pg_sys::TransactionStmtKind::Type> {
+        // SAFETY: a raw parse tree node.
+        unsafe {
+            ((*n).type_ == pg_sys::NodeTag::T_TransactionStmt).then(|| (*n.cast::<pg_sys::TransactionStmt>()).kind)
+        }
+    }
+    /// `SELECT assign_distributed_transaction_id(<constants>)`, nothing more.
+    unsafe fn assigns(n: *mut pg_sys::Node) -> bool {
+        // SAFETY: a raw parse tree node and its children.
+        unsafe {
+            if (*n).type_ != pg_sys::NodeTag::T_SelectStmt {
+                return false;
+            }
+            let sel = n.cast::<pg_sys::SelectStmt>();
+            let targets = pgrx::PgList::<pg_sys::ResTarget>::from_pg((*sel).targetList);
+            let plain = (*sel).distinctClause.is_null()
+                && (*sel).intoClause.is_null()
+                && (*sel).fromClause.is_null()
+                && (*sel).whereClause.is_null()
+                && (*sel).groupClause.is_null()
+                && (*sel).havingClause.is_null()
+                && (*sel).windowClause.is_null()
+                && (*sel).valuesLists.is_null()
+                && (*sel).sortClause.is_null()
+                && (*sel).limitOffset.is_null()
+                && (*sel).limitCount.is_null()
+                && (*sel).lockingClause.is_null()
+                && (*sel).withClause.is_null()
+                && (*sel).op == pg_sys::SetOperation::SETOP_NONE
+                && targets.len() == 1;
+            plain
+                && targets.get_ptr(0).is_some_and(|t| {
+                    let v = (*t).val;
+                    if v.is_null() || (*v).type_ != pg_sys::NodeTag::T_FuncCall {
+                        return false;
+                    }
+                    let f = v.cast::<pg_sys::FuncCall>();
+                    let name = pgrx::PgList::<pg_sys::Node>::from_pg((*f).funcname);
+                    let last = name.get_ptr(name.len().saturating_sub(1));
+                    let named = last.is_some_and(|l| {
+                        (*l).type_ == pg_sys::NodeTag::T_String
+                            && CStr::from_ptr((*l.cast::<pg_sys::String>()).sval)
+                                == c"assign_distributed_transaction_id"
+                    });
+                    named
+                        && (*f).agg_order.is_null()
+                        && (*f).agg_filter.is_null()
+                        && (*f).over.is_null()
+                        && pgrx::PgList::<pg_sys::Node>::from_pg((*f).args).iter_ptr().all(|a| constant(a))
+                })
+        }
+    }
     // SAFETY: the raw parse of a query string PostgreSQL has already parsed
     // once (no new error); the nodes are read as the parser made them.
     unsafe {
-        let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
+        let stmts: Vec<*mut pg_sys::Node> = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
             query,
             pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
-        ));
-        let shaped = stmts.iter_ptr().all(|raw| {
-            let n = (*raw).stmt;
-            match (*n).type_ {
-                pg_sys::NodeTag::T_TransactionStmt | pg_sys::NodeTag::T_VariableSetStmt => true,
-                pg_sys::NodeTag::T_SelectStmt => {
-                    let sel = n.cast::<pg_sys::SelectStmt>();
-                    let targets = pgrx::PgList::<pg_sys::ResTarget>::from_pg((*sel).targetList);
-                    let plain = (*sel).distinctClause.is_null()
-                        && (*sel).intoClause.is_null()
-                        && (*sel).fromClause.is_null()
-                        && (*sel).whereClause.is_null()
-                        && (*sel).groupClause.is_null()
-                        && (*sel).havingClause.is_null()
-                        && (*sel).windowClause.is_null()
-                        && (*sel).valuesLists.is_null()
-                        && (*sel).sortClause.is_null()
-                        && (*sel).limitOffset.is_null()
-                        && (*sel).limitCount.is_null()
-                        && (*sel).lockingClause.is_null()
-                        && (*sel).withClause.is_null()
-                        && (*sel).op == pg_sys::SetOperation::SETOP_NONE
-                        && targets.len() == 1;
-                    plain
-                        && targets.get_ptr(0).is_some_and(|t| {
-                            let v = (*t).val;
-                            if v.is_null() || (*v).type_ != pg_sys::NodeTag::T_FuncCall {
-                                return false;
-                            }
-                            let f = v.cast::<pg_sys::FuncCall>();
-                            let name = pgrx::PgList::<pg_sys::Node>::from_pg((*f).funcname);
-                            let last = name.get_ptr(name.len().saturating_sub(1));
-                            let named = last.is_some_and(|l| {
-                                (*l).type_ == pg_sys::NodeTag::T_String
-                                    && CStr::from_ptr((*l.cast::<pg_sys::String>()).sval)
-                                        == c"assign_distributed_transaction_id"
-                            });
-                            named
-                                && (*f).agg_order.is_null()
-                                && (*f).agg_filter.is_null()
-                                && (*f).over.is_null()
-                                && pgrx::PgList::<pg_sys::Node>::from_pg((*f).args).iter_ptr().all(|a| constant(a))
-                        })
-                }
-                _ => false,
-            }
-        });
-        shaped
+        ))
+        .iter_ptr()
+        .map(|raw| (*raw).stmt)
+        .collect();
+        let Some((first, rest)) = stmts.split_first() else { return false };
+        let begins = matches!(
+            transaction_kind(*first),
+            Some(pg_sys::TransactionStmtKind::TRANS_STMT_BEGIN | pg_sys::TransactionStmtKind::TRANS_STMT_START)
+        );
+        let middle = match rest.split_last() {
+            Some((last, middle)) if assigns(*last) => middle,
+            _ => rest,
+        };
+        begins
+            && middle.iter().all(|&n| {
+                (*n).type_ == pg_sys::NodeTag::T_VariableSetStmt
+                    || transaction_kind(n) == Some(pg_sys::TransactionStmtKind::TRANS_STMT_SAVEPOINT)
+            })
     }
+}
+
+/// Whether `text` ends inside a line comment, which would swallow what
+/// Citus appends to it (`;` and the next command): read as Citus makes it,
+/// with a statement appended, it holds no more statements than before.
+unsafe fn swallows_what_follows(text: &[u8]) -> bool {
+    let count = |t: &[u8]| -> usize {
+        let Ok(c) = std::ffi::CString::new(t) else { return 0 };
+        // SAFETY: a NUL-terminated copy of a query string PostgreSQL has
+        // parsed already (appending a statement to it adds no error).
+        unsafe {
+            pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
+                c.as_ptr(),
+                pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
+            ))
+            .len()
+        }
+    };
+    let mut appended = text.to_vec();
+    appended.extend_from_slice(b";SELECT 1");
+    count(&appended) <= count(text)
 }
 
 /// Whether the statement at `location`, `len` bytes long (0: to the end),
@@ -588,10 +682,13 @@ fn only_filler(mut t: &[u8]) -> bool {
         match t {
             [] => return true,
             [c, rest @ ..] if c.is_ascii_whitespace() || *c == b';' => t = rest,
-            [b'-', b'-', rest @ ..] => {
-                let nl = rest.iter().position(|&c| c == b'\n').map_or(rest.len(), |i| i + 1);
-                t = &rest[nl..];
-            }
+            // A line comment ends with its newline: without one, it would
+            // swallow what Citus appends to the text (the rest of a
+            // transaction's first command on a worker).
+            [b'-', b'-', rest @ ..] => match rest.iter().position(|&c| c == b'\n') {
+                Some(nl) => t = &rest[nl + 1..],
+                None => return false,
+            },
             [b'/', b'*', rest @ ..] => {
                 // Nested, as PostgreSQL's lexer reads them.
                 let (mut depth, mut i) = (1usize, 0usize);
@@ -668,6 +765,19 @@ unsafe extern "C-unwind" fn planner(
         // filter, or none, would do.
         // SAFETY: `parse` is the query being planned, owned by the caller.
         let mut inject = !unsafe { (*parse).hasModifyingCTE };
+        // SAFETY: as above.
+        if !inject && carrying_now() && unsafe { reads_undistributed_citus_table(parse) } {
+            // Citus runs such a query over a connection to this node
+            // itself, which cannot take the request context (only
+            // tenant_guard sets a context on the node that made it), and
+            // fails it with XX000.
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "a data-modifying WITH with a reference table cannot run in a request context on Citus",
+                Some("Citus runs such a query through a connection to the coordinator itself, where the request context cannot be carried."),
+                Some("Run the modification as a statement of its own, then read the reference table in the next one."),
+            );
+        }
         // SAFETY: as above; `inject` outlives the walk.
         unsafe { walk(parse.cast(), (&mut inject as *mut bool).cast()) };
     }
@@ -699,6 +809,44 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> b
         }
         pg_sys::expression_tree_walker(node, Some(walk), ctx)
     }
+}
+
+/// Whether this transaction carries a request context to the workers now.
+fn carrying_now() -> bool {
+    SENT.with(Cell::get).is_some_and(|(lxid, _)| lxid == crate::context::current_binding().lxid)
+}
+
+/// Whether a query reads, anywhere in its tree, a Citus table without a
+/// distribution column (a reference, single-shard or Citus local table:
+/// those that can have a placement on the coordinator).
+unsafe fn reads_undistributed_citus_table(q: *mut pg_sys::Query) -> bool {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn find(node: *mut pg_sys::Node, found: *mut c_void) -> bool {
+        if node.is_null() {
+            return false;
+        }
+        // SAFETY: nodes of the query's tree; `found` is the caller's bool.
+        unsafe {
+            if (*node).type_ == pg_sys::NodeTag::T_Query {
+                let q = node.cast::<pg_sys::Query>();
+                let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+                if rtable.iter_ptr().any(|rte| {
+                    (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION
+                        && citus::is_citus_table((*rte).relid)
+                        && !citus::has_distribution_key((*rte).relid)
+                }) {
+                    *found.cast::<bool>() = true;
+                    return true;
+                }
+                return pg_sys::query_tree_walker(q, Some(find), found, 0);
+            }
+            pg_sys::expression_tree_walker(node, Some(find), found)
+        }
+    }
+    let mut found = false;
+    // SAFETY: a valid query; `found` outlives the walk.
+    unsafe { find(q.cast(), (&mut found as *mut bool).cast()) };
+    found
 }
 
 // ---------------------------------------------------------------- what Citus cannot plan

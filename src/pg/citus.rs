@@ -54,6 +54,18 @@ pub fn use_coordinated_transaction() {
 /// This session's Citus distributed transaction id: (initiator node group,
 /// transaction number, timestamp); number 0 when it has none.
 pub fn distributed_transaction() -> Option<(i32, u64, i64)> {
+    distributed_transaction_id().map(|(initiator, number, stamp, _)| (initiator, number, stamp))
+}
+
+/// Whether this session's distributed transaction was started here, by
+/// Citus (false when its id was given with
+/// `assign_distributed_transaction_id()`, as on a worker, or by a session
+/// naming an id itself; and when it has none).
+pub fn originated_here() -> bool {
+    distributed_transaction_id().is_some_and(|(_, number, _, originator)| number != 0 && originator)
+}
+
+fn distributed_transaction_id() -> Option<(i32, u64, i64, bool)> {
     static F: OnceLock<Option<usize>> = OnceLock::new();
     let a = symbol(&F, c"GetCurrentDistributedTransactionId")?;
     // SAFETY: Citus's `DistributedTransactionId *GetCurrentDistributedTransactionId(void)`
@@ -61,7 +73,7 @@ pub fn distributed_transaction() -> Option<(i32, u64, i64)> {
     unsafe {
         let p = std::mem::transmute::<usize, GetCurrentDistributedTransactionId>(a)();
         let d = p.as_ref()?;
-        Some((d.initiator_node_identifier, d.transaction_number, d.timestamp))
+        Some((d.initiator_node_identifier, d.transaction_number, d.timestamp, d.transaction_originator))
     }
 }
 
