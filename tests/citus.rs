@@ -268,7 +268,7 @@ fn a_forged_or_copied_context_gives_nothing_on_any_node() {
 }
 
 #[test]
-fn isolation_holds_after_shard_moves_and_rebalancing_and_drift_is_reported() {
+fn isolation_holds_after_shard_moves_splits_and_rebalancing_and_drift_is_reported() {
     let w = world();
     let mut dba = w.citus.connect("dba");
     exec(&mut dba, "CREATE TABLE moved (org_id uuid NOT NULL, id int, PRIMARY KEY (org_id, id))");
@@ -311,6 +311,29 @@ fn isolation_holds_after_shard_moves_and_rebalancing_and_drift_is_reported() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM moved"), 10);
     assert_eq!(count(&mut c, &format!("SELECT count(*) FROM moved WHERE org_id = '{}'", w.org_b)), 0);
     exec(&mut c, "COMMIT");
+    // Split the shards that hold A's and B's rows, each in two on its node.
+    for org in [&w.org_a, &w.org_b] {
+        exec(
+            &mut dba,
+            &format!(
+                "SELECT citus_split_shard_by_split_points(s.shardid,
+                        ARRAY[((s.shardminvalue::bigint + s.shardmaxvalue::bigint) / 2)::int::text],
+                        ARRAY[n.nodeid, n.nodeid], 'block_writes')
+                   FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
+                  WHERE s.shardid = get_shard_id_for_distribution_column('moved', '{org}')"
+            ),
+        );
+    }
+    assert_eq!(count(&mut dba, "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'moved'::regclass"), 6);
+    for (org, user) in [(&w.org_a, MEMBER_A), (&w.org_b, OWNER_B)] {
+        let mut c = signed_in(w, org, user);
+        assert_eq!(count(&mut c, "SELECT count(*) FROM moved"), 10);
+        assert_eq!(count(&mut c, "SELECT count(*) FROM moved WHERE org_id <> tenant_guard.current_org_id()"), 0);
+        assert_eq!(affected(&mut c, "UPDATE moved SET id = id WHERE org_id <> tenant_guard.current_org_id()"), 0);
+        exec(&mut c, "ROLLBACK");
+    }
+    let mut nobody = w.citus.connect("app");
+    assert_eq!(count(&mut nobody, "SELECT count(*) FROM moved"), 0);
     // protect() again, now that it is distributed: coordinator and shards agree.
     exec(&mut dba, "BEGIN; SELECT tenant_guard.protect('moved'); COMMIT");
     assert_eq!(val(&mut dba, drift), None);
