@@ -537,16 +537,17 @@ fn what_the_citus_review_found_stays_fixed() {
     assert_eq!(count(&mut w.citus.connect("dba"), "SELECT count(*) FROM docs"), 50);
 }
 
-/// What the second black-box review found, each closed: SQL smuggled into
+/// What the later black-box reviews found, each closed: SQL smuggled into
 /// a SET LOCAL through a literal the coordinator and a worker read apart
 /// (`standard_conforming_strings = off` here, on there), which put a
 /// copied context onto a worker from the coordinator alone; a worker that
 /// took COMMIT and BEGIN inside what it took for Citus's first command;
 /// RESET and a trailing `--` comment, which Citus also sends on; a
 /// session that named the number of a transaction yet to start, signed in
-/// and so refused that transaction's owner.
+/// and so refused that transaction's owner; a literal Citus writes for a
+/// worker that reads `standard_conforming_strings` otherwise.
 #[test]
-fn what_the_second_citus_review_found_stays_fixed() {
+fn what_the_later_citus_reviews_found_stays_fixed() {
     let w = world();
     let mut dba = w.citus.connect("dba");
     // Victim: org B's request, open, its remote commands shown to it.
@@ -596,12 +597,12 @@ fn what_the_second_citus_review_found_stays_fixed() {
     // The attacker, on the coordinator only, with no context: a literal
     // that ends at a backslash on the worker only.
     let mut app = w.citus.connect("app");
-    exec(&mut app, "SET standard_conforming_strings = off");
     exec(&mut app, "BEGIN");
     exec(&mut app, "SET LOCAL citus.propagate_set_commands = 'local'");
     let opened =
         format!("WITH u AS (DELETE FROM notes WHERE org_id = '{elsewhere}' RETURNING 1) SELECT count(*) FROM u");
     assert_eq!(count(&mut app, &opened), 0);
+    exec(&mut app, "SET LOCAL standard_conforming_strings = off");
     let smuggled = format!(
         "SET LOCAL myapp.x = 'x\\'; COMMIT; BEGIN; SET LOCAL tenant_guard.carried_context TO $t${token}$t$; SELECT {assign}; --'"
     );
@@ -609,7 +610,6 @@ fn what_the_second_citus_review_found_stays_fixed() {
     assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
     assert!(full_error(&r).contains("backslash"), "{}", full_error(&r));
     exec(&mut app, "ROLLBACK");
-    exec(&mut app, "RESET standard_conforming_strings");
     exec(&mut victim, "COMMIT");
 
     // What Citus also sends on: RESET, and a trailing -- comment (which
@@ -663,6 +663,33 @@ fn what_the_second_citus_review_found_stays_fixed() {
     exec(&mut app, "CREATE TEMP TABLE touched ON COMMIT DROP AS WITH u AS (UPDATE notes SET body = body RETURNING id) SELECT id FROM u");
     assert_eq!(count(&mut app, "SELECT count(*) FROM touched"), 5);
     assert_eq!(count(&mut app, "SELECT count(*) FROM categories c WHERE c.id IN (1, 2)"), 2);
+    exec(&mut app, "ROLLBACK");
+
+    // A literal Citus writes for a worker that reads it otherwise: SET
+    // LOCAL standard_conforming_strings = off is replayed on the workers, a
+    // session SET turns it on here again; a backslash in a value then ended
+    // the literal on the worker only, and the rest ran there as SQL (here:
+    // reporting the worker's port and the org it saw). Refused on the
+    // worker, and here while the setting is off.
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    exec(&mut app, "SET LOCAL standard_conforming_strings = off");
+    exec(&mut app, "SET standard_conforming_strings = on");
+    let r = app.simple_query(
+        "SELECT title FROM docs WHERE title = 'x\\' AND title <> '))) UNION ALL SELECT concat_ws($$|$$, inet_server_port(), tenant_guard.current_org_id()) --'",
+    );
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
+    assert!(full_error(&r).contains("standard_conforming_strings"), "{}", full_error(&r));
+    exec(&mut app, "ROLLBACK");
+    exec(&mut app, "SET standard_conforming_strings = off");
+    let r = app.simple_query("SELECT count(*) FROM categories");
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
+    exec(&mut app, "RESET standard_conforming_strings");
+    assert_eq!(count(&mut app, "SELECT count(*) FROM categories"), 2);
+    // Naming a distributed transaction id after signing in (which gave the
+    // transaction one): a proper SQLSTATE, not Citus's XX000.
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    let r = app.simple_query("SELECT assign_distributed_transaction_id(0, 5, now())");
+    assert_eq!(sqlstate(&r).as_deref(), Some("25001"), "{}", full_error(&r));
     exec(&mut app, "ROLLBACK");
 
     // A session that names a transaction number itself and signs in does

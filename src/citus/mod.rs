@@ -396,41 +396,60 @@ static PREV_FMGR_HOOK: std::sync::OnceLock<pg_sys::fmgr_hook_type> = std::sync::
 const RESULT_READERS: [&CStr; 3] =
     [c"read_intermediate_result", c"read_intermediate_results", c"fetch_intermediate_results"];
 
-thread_local! {
-    /// Functions judged by `needs_fmgr_hook` in this backend: whether each is a reader.
-    static READERS: RefCell<std::collections::HashMap<u32, bool>> = RefCell::new(std::collections::HashMap::new());
+/// Citus's functions tenant_guard looks at before they run.
+#[derive(Copy, Clone, PartialEq)]
+enum Watched {
+    Not,
+    /// A reader of intermediate results.
+    Reader,
+    /// `assign_distributed_transaction_id()`.
+    Assign,
 }
 
-/// Whether `f` is one of Citus's readers of intermediate results.
-fn is_result_reader(f: pg_sys::Oid) -> bool {
+thread_local! {
+    /// Functions judged by `needs_fmgr_hook` in this backend.
+    static WATCHED: RefCell<std::collections::HashMap<u32, Watched>> = RefCell::new(std::collections::HashMap::new());
+}
+
+/// Which of Citus's watched functions `f` is, if any.
+fn watched(f: pg_sys::Oid) -> Watched {
     // Built-in functions (and anything made by initdb) are not Citus's.
     if f.to_u32() < pg_sys::FirstNormalObjectId {
-        return false;
+        return Watched::Not;
     }
-    if let Some(known) = READERS.with(|r| r.borrow().get(&f.to_u32()).copied()) {
+    if let Some(known) = WATCHED.with(|r| r.borrow().get(&f.to_u32()).copied()) {
         return known;
     }
     // SAFETY: catalog lookups of a function by OID (fmgr_info, our caller,
     // has just looked it up too); NULL for a function that is gone.
-    let reader = unsafe {
+    let kind = unsafe {
         let name = pg_sys::get_func_name(f);
-        !name.is_null()
-            && pg_sys::get_func_namespace(f) == pg_sys::PG_CATALOG_NAMESPACE.into()
-            && RESULT_READERS.iter().any(|r| CStr::from_ptr(name) == *r)
+        if name.is_null() || pg_sys::get_func_namespace(f) != pg_sys::PG_CATALOG_NAMESPACE.into() {
+            Watched::Not
+        } else if RESULT_READERS.iter().any(|r| CStr::from_ptr(name) == *r) {
+            Watched::Reader
+        } else if CStr::from_ptr(name) == c"assign_distributed_transaction_id" {
+            Watched::Assign
+        } else {
+            Watched::Not
+        }
     };
-    READERS.with(|r| r.borrow_mut().insert(f.to_u32(), reader));
-    reader
+    WATCHED.with(|r| r.borrow_mut().insert(f.to_u32(), kind));
+    kind
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn needs_fmgr(f: pg_sys::Oid) -> bool {
     // SAFETY: the previous hook, called as PostgreSQL would.
     let prev = PREV_NEEDS_FMGR_HOOK.get().copied().flatten().is_some_and(|h| unsafe { h(f) });
-    prev || (citus::loaded() && is_result_reader(f))
+    prev || (citus::loaded() && watched(f) != Watched::Not)
 }
 
 /// Before a reader of intermediate results runs: not in a distributed
-/// transaction that belongs on this node to another session.
+/// transaction that belongs on this node to another session. Before
+/// `assign_distributed_transaction_id()`: not in a transaction that has an
+/// id already (Citus raises that without a SQLSTATE, XX000; signing in
+/// gives the transaction its id).
 #[pg_guard]
 unsafe extern "C-unwind" fn fmgr(
     event: pg_sys::FmgrHookEventType::Type,
@@ -441,10 +460,40 @@ unsafe extern "C-unwind" fn fmgr(
         // SAFETY: the previous hook, with PostgreSQL's own arguments.
         unsafe { prev(event, flinfo, arg) };
     }
+    if event != pg_sys::FmgrHookEventType::FHET_START || !citus::loaded() {
+        return;
+    }
     // SAFETY: PostgreSQL passes the FmgrInfo of the function being called.
     let f = unsafe { (*flinfo).fn_oid };
-    if event == pg_sys::FmgrHookEventType::FHET_START && citus::loaded() && is_result_reader(f) {
-        refuse_if_joined();
+    match watched(f) {
+        Watched::Reader => refuse_if_joined(),
+        Watched::Assign if current_transaction().number != 0 => raise(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "this transaction already has a distributed transaction id",
+            Some("Signing in, or Citus's first remote command, gives a transaction its id."),
+            None,
+        ),
+        _ => {}
+    }
+}
+
+/// Refuse (0A000) a non-superuser's statement on a Citus node while
+/// `standard_conforming_strings` is off. Citus writes the literals of the
+/// queries it sends the workers as this node reads them, and a worker
+/// reads them as its own setting says: with the two apart (a `SET LOCAL`
+/// replayed on the workers and a session `SET` here, or a role's default),
+/// a backslash in a value ends a literal on one side only, and the rest of
+/// the value runs as SQL on the worker.
+pub fn refuse_nonstandard_strings() {
+    // SAFETY: plain reads of PostgreSQL globals (this session's setting,
+    // and whether the current user is a superuser).
+    if citus::loaded() && !unsafe { pg_sys::standard_conforming_strings } && !unsafe { pg_sys::superuser() } {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "standard_conforming_strings must be on on a Citus node",
+            Some("Citus writes the literals of the queries it sends the workers as this node reads them; a node that reads them otherwise could run part of a value as SQL."),
+            Some("SET standard_conforming_strings = on (and do not turn it off for the application's roles)."),
+        );
     }
 }
 
@@ -492,6 +541,16 @@ unsafe extern "C-unwind" fn process_utility(
             let node = (*pstmt).utilityStmt;
             if !node.is_null() && (*node).type_ != pg_sys::NodeTag::T_TransactionStmt {
                 refuse_if_joined();
+            }
+            if !node.is_null()
+                && !matches!(
+                    (*node).type_,
+                    pg_sys::NodeTag::T_TransactionStmt
+                        | pg_sys::NodeTag::T_VariableSetStmt
+                        | pg_sys::NodeTag::T_VariableShowStmt
+                )
+            {
+                refuse_nonstandard_strings();
             }
             // A superuser's text is not checked: Citus's own maintenance
             // (as the extension's owner) joins commands such as `SET LOCAL

@@ -192,6 +192,8 @@ pub fn init() {
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
     // A session in another session's distributed transaction runs nothing (Citus).
     crate::citus::refuse_if_joined();
+    // ... nor, unless a superuser, with standard_conforming_strings off.
+    crate::citus::refuse_nonstandard_strings();
     refresh();
     match PREV_EXECUTOR_START.get().copied().flatten() {
         Some(prev) => {
