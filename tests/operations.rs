@@ -266,19 +266,23 @@ fn the_request_log_is_partitioned_by_day_and_purged_by_dropping_days() {
             .unwrap();
     let p = parts(&mut dba);
     assert!(p.contains(&today) && p.contains(&tomorrow), "{p:?}");
-    // Old days (made by hand here, as the writer would have made them then).
+    // Old days (made by hand here, as the writer would have made them
+    // then), their rows at 06:00 UTC; the cut at noon two days ago, whatever
+    // the time of day the test runs at.
     exec(
         &mut dba,
         "SELECT tenant_guard._request_log_partition((now() AT TIME ZONE 'UTC')::date - d) FROM generate_series(1, 3) d;
-         INSERT INTO tenant_guard.request_log (at, outcome) SELECT now() - d * interval '1 day', 'ok' FROM generate_series(1, 3) d, generate_series(1, 100);",
+         INSERT INTO tenant_guard.request_log (at, outcome)
+         SELECT (((now() AT TIME ZONE 'UTC')::date - d) + time '06:00') AT TIME ZONE 'UTC', 'ok' FROM generate_series(1, 3) d, generate_series(1, 100);",
     );
     assert_eq!(parts(&mut dba).len(), 5);
-    let n: i64 = db.svc().query_one("SELECT tenant_guard.purge_request_log('36 hours')", &[]).unwrap().get(0);
-    assert_eq!(n, 200, "two days dropped");
+    let cut = "(((now() AT TIME ZONE 'UTC')::date - 2) + time '12:00') AT TIME ZONE 'UTC'";
+    let n: i64 =
+        db.svc().query_one(&format!("SELECT tenant_guard.purge_request_log(now() - {cut})"), &[]).unwrap().get(0);
+    assert_eq!(n, 200, "one day dropped, the rows before the cut of the day it falls in deleted");
     assert_eq!(parts(&mut dba).len(), 4, "the day the cut falls in stays: {:?}", parts(&mut dba));
     assert_eq!(
-        val(&mut dba, "SELECT count(*) FROM tenant_guard.request_log WHERE at < now() - interval '36 hours'")
-            .as_deref(),
+        val(&mut dba, &format!("SELECT count(*) FROM tenant_guard.request_log WHERE at < {cut}")).as_deref(),
         Some("0")
     );
     // A partition read directly: its owner only.
@@ -299,12 +303,13 @@ fn the_request_log_is_partitioned_by_day_and_purged_by_dropping_days() {
     let mut reader = db.app();
     exec(&mut reader, "BEGIN; SELECT count(*) FROM tenant_guard.request_log");
     let t = Instant::now();
-    let n: i64 = db.svc().query_one("SELECT tenant_guard.purge_request_log('36 hours')", &[]).unwrap().get(0);
+    let purge = format!("SELECT tenant_guard.purge_request_log(now() - {cut})");
+    let n: i64 = db.svc().query_one(&purge, &[]).unwrap().get(0);
     assert_eq!(n, 100, "the old days' rows deleted while a reader holds the log");
     assert!(t.elapsed() < Duration::from_secs(3), "the purge waited {:?}", t.elapsed());
     assert_eq!(parts(&mut dba).len(), before, "no day dropped under the reader");
     exec(&mut reader, "COMMIT");
-    let n: i64 = db.svc().query_one("SELECT tenant_guard.purge_request_log('36 hours')", &[]).unwrap().get(0);
+    let n: i64 = db.svc().query_one(&purge, &[]).unwrap().get(0);
     assert_eq!(n, 0);
     assert_eq!(parts(&mut dba).len(), before - 2, "the emptied days dropped once the reader is gone");
 
