@@ -685,6 +685,25 @@ fn what_the_later_citus_reviews_found_stays_fixed() {
     assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
     exec(&mut app, "RESET standard_conforming_strings");
     assert_eq!(count(&mut app, "SELECT count(*) FROM categories"), 2);
+    // Citus writes a COPY's option names unquoted into the COPY it sends
+    // each shard: a quoted name ran the rest as SQL on every worker
+    // (here, a sleep of 0.2 s per shard). Refused; COPY's own options work.
+    let t = std::time::Instant::now();
+    let r = app.simple_query("COPY docs TO STDOUT WITH (\"format text); SELECT pg_sleep(0.2) --\")");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42601"), "{}", full_error(&r));
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    let r = app.simple_query("COPY docs FROM STDIN WITH (\"Format\" csv)");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42601"), "{}", full_error(&r));
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut app.copy_out("COPY docs TO STDOUT WITH (format csv, header, delimiter ';')").unwrap(),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8(out).unwrap().lines().count(), 31, "a header and A's 30 rows");
+    exec(&mut app, "ROLLBACK");
+
     // Naming a distributed transaction id after signing in (which gave the
     // transaction one): a proper SQLSTATE, not Citus's XX000.
     begin_as(&mut app, &w.org_a, MEMBER_A);

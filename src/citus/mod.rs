@@ -556,6 +556,9 @@ unsafe extern "C-unwind" fn process_utility(
             // (as the extension's owner) joins commands such as `SET LOCAL
             // lock_timeout` or `RESET ROLE` with others in one string, and a
             // superuser may run anything on a worker anyway.
+            if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CopyStmt && !pg_sys::superuser() {
+                refuse_unsafe_copy_options(node.cast());
+            }
             if !node.is_null()
                 && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt
                 && !query_string.is_null()
@@ -605,6 +608,38 @@ unsafe extern "C-unwind" fn process_utility(
             pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
         },
     }
+}
+
+/// Citus writes a COPY's option names, unquoted, into the COPY it sends
+/// each shard (its values and names of tables and columns are quoted): a
+/// quoted name such as `"format text); SELECT ..."` became SQL run on every
+/// worker. So an option name must be one plain word (as PostgreSQL's own
+/// options are), which reads back as itself (42601 otherwise).
+///
+/// # Safety
+/// `copy` is the CopyStmt being executed.
+unsafe fn refuse_unsafe_copy_options(copy: *mut pg_sys::CopyStmt) {
+    // SAFETY: the statement's option list, DefElems as the parser made them.
+    unsafe {
+        for opt in pgrx::PgList::<pg_sys::DefElem>::from_pg((*copy).options).iter_ptr() {
+            let name = (*opt).defname;
+            let plain = !name.is_null() && plain_word(CStr::from_ptr(name).to_bytes());
+            if !plain {
+                raise(
+                    PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                    "a COPY option name on a Citus node must be one plain lowercase word",
+                    Some("Citus writes COPY option names unquoted into the commands it sends the workers."),
+                    Some("Use COPY's own options: format, header, delimiter, null, quote, escape, encoding, force_quote, force_not_null, force_null, freeze."),
+                );
+            }
+        }
+    }
+}
+
+/// `[a-z_][a-z0-9_]*`: a word the lexer reads back as one token, itself.
+fn plain_word(name: &[u8]) -> bool {
+    matches!(name.first(), Some(b'a'..=b'z' | b'_'))
+        && name.iter().all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
 
 /// Whether `query` has the shape of the command Citus sends a worker to
