@@ -610,6 +610,19 @@ fn what_the_later_citus_reviews_found_stays_fixed() {
     assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
     assert!(full_error(&r).contains("backslash"), "{}", full_error(&r));
     exec(&mut app, "ROLLBACK");
+    // SQL that reaches a worker inside another command Citus writes (as the
+    // reviews did, through literals and names Citus failed to quote) may
+    // name B's transaction and set B's copied token there: a carried context
+    // is taken only in a transaction Citus's own first command began.
+    let (i, _) = w.citus.workers.iter().enumerate().find(|(_, wk)| wk.port.to_string() != b_node).unwrap();
+    let mut wk = w.citus.worker(i, "app");
+    exec(&mut wk, "BEGIN");
+    exec(&mut wk, &format!("SELECT 1; SELECT {}", assign.replace("$s$", "'")));
+    exec(&mut wk, &format!("SET LOCAL tenant_guard.carried_context = '{token}'"));
+    let r = wk.simple_query("SELECT tenant_guard.current_org_id()");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    assert!(full_error(&r).contains("not begun by Citus"), "{}", full_error(&r));
+    exec(&mut wk, "ROLLBACK");
     exec(&mut victim, "COMMIT");
 
     // What Citus also sends on: RESET, and a trailing -- comment (which

@@ -129,6 +129,9 @@ pub enum Verdict {
     OtherTransaction,
     /// Every slot holds an unexpired claim: refused (fail closed).
     Full,
+    /// Presented in a transaction whose distributed id was not given by
+    /// Citus's own first command of the transaction on this node.
+    NotBegunByCitus,
 }
 
 /// Slots a nonce may use: a window of the table starting at a position the

@@ -164,6 +164,14 @@ enum Held {
 
 thread_local! {
     static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+    /// The transaction (local id) whose distributed id this session took
+    /// from a query string shaped as Citus's first command of a transaction
+    /// on a worker (`BEGIN ...; SET ...; SELECT
+    /// assign_distributed_transaction_id(...)`, nothing else). Only such a
+    /// transaction takes a carried context: SQL that reached a worker inside
+    /// another command Citus wrote (a literal or a name Citus failed to
+    /// quote) cannot claim one, even if it names another transaction's id.
+    static BEGUN_BY_CITUS: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
 /// `tenant_guard.carried_context`'s check hook: empty, or a carried token
@@ -237,7 +245,9 @@ pub fn with_carried<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
     });
     if let Some(c) = pending {
         let by = Claimant { pid: binding.pid, lxid: binding.lxid };
-        let held = match judge(&c, by) {
+        let begun_by_citus = BEGUN_BY_CITUS.with(Cell::get) == Some(binding.lxid);
+        let verdict = if begun_by_citus { judge(&c, by) } else { Verdict::NotBegunByCitus };
+        let held = match verdict {
             Verdict::Accepted => Held::Accepted(Claims {
                 org_id: c.org_id,
                 user_id: c.user_id,
@@ -261,6 +271,9 @@ pub fn with_carried<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
                 }
                 Verdict::OtherTransaction => "This session is not in the distributed transaction it was made for.",
                 Verdict::Expired => "It expired before it was used.",
+                Verdict::NotBegunByCitus => {
+                    "This session's distributed transaction was not begun by Citus's own first command here."
+                }
                 _ => "This node's table of carried contexts is full.",
             }),
             Some("A carried context is valid only in the distributed transaction it was made for."),
@@ -473,6 +486,14 @@ unsafe extern "C-unwind" fn fmgr(
             Some("Signing in, or Citus's first remote command, gives a transaction its id."),
             None,
         ),
+        Watched::Assign => {
+            // SAFETY: a plain global read: the query string being run
+            // (NULL outside one).
+            let query = unsafe { pg_sys::debug_query_string };
+            // SAFETY: a NUL-terminated string PostgreSQL has parsed already.
+            let by_citus = !query.is_null() && unsafe { citus_shaped(query, true) };
+            BEGUN_BY_CITUS.with(|b| b.set(by_citus.then(|| crate::context::current_binding().lxid)));
+        }
         _ => {}
     }
 }
@@ -587,7 +608,8 @@ unsafe extern "C-unwind" fn process_utility(
                     );
                 }
                 if propagated
-                    && ((!alone_in(text, (*pstmt).stmt_location, (*pstmt).stmt_len) && !citus_shaped(query_string))
+                    && ((!alone_in(text, (*pstmt).stmt_location, (*pstmt).stmt_len)
+                        && !citus_shaped(query_string, false))
                         || swallows_what_follows(text))
                 {
                     raise(
@@ -648,7 +670,9 @@ fn plain_word(name: &[u8]) -> bool {
 /// `SELECT assign_distributed_transaction_id(<constants>)`, last. The SETs
 /// it replays there each passed the checks above on the node that sent
 /// them; nothing else (a COMMIT and a second BEGIN, for one) may ride along.
-unsafe fn citus_shaped(query: *const c_char) -> bool {
+/// With `assign_required`, the `assign_distributed_transaction_id()` must be
+/// there.
+unsafe fn citus_shaped(query: *const c_char, assign_required: bool) -> bool {
     /// A constant, or a cast of one.
     unsafe fn constant(n: *mut pg_sys::Node) -> bool {
         // SAFETY: a raw parse tree node.
@@ -729,11 +753,12 @@ unsafe fn citus_shaped(query: *const c_char) -> bool {
             transaction_kind(*first),
             Some(pg_sys::TransactionStmtKind::TRANS_STMT_BEGIN | pg_sys::TransactionStmtKind::TRANS_STMT_START)
         );
-        let middle = match rest.split_last() {
-            Some((last, middle)) if assigns(*last) => middle,
-            _ => rest,
+        let (middle, assigned) = match rest.split_last() {
+            Some((last, middle)) if assigns(*last) => (middle, true),
+            _ => (rest, false),
         };
         begins
+            && (assigned || !assign_required)
             && middle.iter().all(|&n| {
                 (*n).type_ == pg_sys::NodeTag::T_VariableSetStmt
                     || transaction_kind(n) == Some(pg_sys::TransactionStmtKind::TRANS_STMT_SAVEPOINT)
