@@ -623,7 +623,53 @@ fn what_the_later_citus_reviews_found_stays_fixed() {
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
     assert!(full_error(&r).contains("not begun by Citus"), "{}", full_error(&r));
     exec(&mut wk, "ROLLBACK");
+    // ... nor set the copied context inside a function or EXECUTE there,
+    // where Citus would replay it on its own connections from that node.
+    exec(&mut wk, "BEGIN");
+    let r =
+        wk.simple_query(&format!("DO $$BEGIN EXECUTE 'SET LOCAL tenant_guard.carried_context TO ''{token}'''; END$$"));
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    exec(&mut wk, "ROLLBACK");
+    // On a connection Citus opened (its application_name), transaction
+    // control in the middle of a query string is SQL that came in another
+    // command: refused. Elsewhere a client's own BEGIN ...; COMMIT works.
+    let mut cfg = postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(w.citus.workers[i].port)
+        .user("app")
+        .dbname("postgres")
+        .application_name("citus_internal gpid=10000000001");
+    let mut internal = cfg.connect(postgres::NoTls).unwrap();
+    exec(&mut internal, "BEGIN");
+    let r = internal.simple_query("SELECT 1; COMMIT; BEGIN; SELECT 1");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    exec(&mut internal, "ROLLBACK");
+    exec(&mut wk, "BEGIN; SELECT 1; COMMIT; BEGIN; SELECT 1; COMMIT");
     exec(&mut victim, "COMMIT");
+
+    // Citus writes the result id of broadcast_intermediate_result()
+    // unescaped into the COPY it sends every worker: a quote in it ran the
+    // rest as SQL there. Only a superuser may call it (or its local twin).
+    exec(&mut app, "BEGIN");
+    let t = std::time::Instant::now();
+    let r = app.simple_query(
+        "SELECT * FROM broadcast_intermediate_result('a\" FROM STDIN WITH (format result); SELECT pg_sleep(1); --', 'SELECT 1')",
+    );
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+    exec(&mut app, "ROLLBACK");
+    exec(&mut app, "BEGIN");
+    let r = app.simple_query("SELECT * FROM create_intermediate_result('r1', 'SELECT 1')");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    exec(&mut app, "ROLLBACK");
+    // What Citus itself sends its connections still runs: EXPLAIN ANALYZE
+    // (two statements per task), savepoints replayed on a new connection.
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    exec(&mut app, "SAVEPOINT s1");
+    let plan = rows(&mut app, "EXPLAIN ANALYZE SELECT count(*) FROM docs");
+    assert!(!plan.is_empty());
+    assert_eq!(count(&mut app, "SELECT count(*) FROM notes"), 5);
+    exec(&mut app, "ROLLBACK");
 
     // What Citus also sends on: RESET, and a trailing -- comment (which
     // would swallow what Citus appends); backslashes in any SET LOCAL.

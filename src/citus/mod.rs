@@ -417,6 +417,9 @@ enum Watched {
     Reader,
     /// `assign_distributed_transaction_id()`.
     Assign,
+    /// `broadcast_intermediate_result()`, `create_intermediate_result()`:
+    /// Citus writes the result id into a command for the workers unescaped.
+    Writer,
 }
 
 thread_local! {
@@ -443,6 +446,8 @@ fn watched(f: pg_sys::Oid) -> Watched {
             Watched::Reader
         } else if CStr::from_ptr(name) == c"assign_distributed_transaction_id" {
             Watched::Assign
+        } else if [c"broadcast_intermediate_result", c"create_intermediate_result"].contains(&CStr::from_ptr(name)) {
+            Watched::Writer
         } else {
             Watched::Not
         }
@@ -494,8 +499,37 @@ unsafe extern "C-unwind" fn fmgr(
             let by_citus = !query.is_null() && unsafe { citus_shaped(query, true) };
             BEGUN_BY_CITUS.with(|b| b.set(by_citus.then(|| crate::context::current_binding().lxid)));
         }
+        // SAFETY: whether the current user is a superuser (a catalog lookup
+        // PostgreSQL caches).
+        Watched::Writer if !unsafe { pg_sys::superuser() } => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "only a superuser may write Citus intermediate results by hand on a node with tenant_guard",
+            Some("Citus writes the result id unescaped into the command it sends the workers, where the rest of it would run as SQL."),
+            None,
+        ),
         _ => {}
     }
+}
+
+thread_local! {
+    /// Whether this session is a connection Citus opened (its
+    /// application_name at the session's first statement), latched.
+    static CITUS_CONNECTION: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
+}
+
+/// Whether this session is a connection Citus opened to this node: its
+/// `application_name` started with Citus's prefix when it first ran a
+/// statement (latched then; a session that names itself so only takes
+/// stricter rules on itself).
+pub fn citus_connection() -> bool {
+    CITUS_CONNECTION.with(|c| {
+        *c.get_or_init(|| {
+            // SAFETY: a plain read of the GUC's current string (or NULL).
+            let name = unsafe { pg_sys::application_name };
+            // SAFETY: NULL or a NUL-terminated string owned by the GUC.
+            !name.is_null() && unsafe { CStr::from_ptr(name) }.to_bytes().starts_with(b"citus_internal gpid=")
+        })
+    })
 }
 
 /// Refuse (0A000) a non-superuser's statement on a Citus node while
@@ -506,6 +540,10 @@ unsafe extern "C-unwind" fn fmgr(
 /// a backslash in a value ends a literal on one side only, and the rest of
 /// the value runs as SQL on the worker.
 pub fn refuse_nonstandard_strings() {
+    if citus::loaded() {
+        // Latched at the session's first statement.
+        citus_connection();
+    }
     // SAFETY: plain reads of PostgreSQL globals (this session's setting,
     // and whether the current user is a superuser).
     if citus::loaded() && !unsafe { pg_sys::standard_conforming_strings } && !unsafe { pg_sys::superuser() } {
@@ -557,6 +595,8 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     if citus::loaded() {
+        // Latched at the session's first statement (Citus's BEGIN, on its connections).
+        citus_connection();
         // SAFETY: PostgreSQL passes the statement being executed and its source text.
         unsafe {
             let node = (*pstmt).utilityStmt;
@@ -579,6 +619,48 @@ unsafe extern "C-unwind" fn process_utility(
             // superuser may run anything on a worker anyway.
             if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CopyStmt && !pg_sys::superuser() {
                 refuse_unsafe_copy_options(node.cast());
+            }
+            if !node.is_null()
+                && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt
+                && context != pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
+                && !CARRYING.with(Cell::get)
+                && !pg_sys::superuser()
+            {
+                let name = (*node.cast::<pg_sys::VariableSetStmt>()).name;
+                if !name.is_null()
+                    && CStr::from_ptr(name).to_bytes().eq_ignore_ascii_case(b"tenant_guard.carried_context")
+                {
+                    // Citus sets it with a query of its own; a SET of it
+                    // inside a function or EXECUTE is SQL that reached this
+                    // node some other way, and Citus would send it on from here.
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                        "tenant_guard.carried_context is set only by a query of its own",
+                        None,
+                        None,
+                    );
+                }
+            }
+            if !node.is_null()
+                && (*node).type_ == pg_sys::NodeTag::T_TransactionStmt
+                && context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
+                && !query_string.is_null()
+                && citus_connection()
+                && !pg_sys::superuser()
+                && !alone_in(CStr::from_ptr(query_string).to_bytes(), (*pstmt).stmt_location, (*pstmt).stmt_len)
+                && !citus_shaped(query_string, false)
+            {
+                // Citus sends its connections transaction control alone or
+                // as its own first command; one in the middle of a longer
+                // string is SQL that reached this node inside another
+                // command (ending the transaction Citus began, to begin
+                // another under an id of its choosing).
+                raise(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    "a Citus connection may not end or begin a transaction in the middle of a query string",
+                    None,
+                    None,
+                );
             }
             if !node.is_null()
                 && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt
