@@ -630,6 +630,12 @@ fn what_the_later_citus_reviews_found_stays_fixed() {
         wk.simple_query(&format!("DO $$BEGIN EXECUTE 'SET LOCAL tenant_guard.carried_context TO ''{token}'''; END$$"));
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
     exec(&mut wk, "ROLLBACK");
+    // ... nor with set_config() (or a function's SET clause): only a query
+    // of its own sets it.
+    exec(&mut wk, "BEGIN");
+    let r = wk.simple_query(&format!("SELECT set_config('tenant_guard.carried_context', '{token}', true)"));
+    assert_eq!(sqlstate(&r).as_deref(), Some("22023"), "{}", full_error(&r));
+    exec(&mut wk, "ROLLBACK");
     // On a connection Citus opened (its application_name), transaction
     // control in the middle of a query string is SQL that came in another
     // command: refused. Elsewhere a client's own BEGIN ...; COMMIT works.
@@ -646,6 +652,30 @@ fn what_the_later_citus_reviews_found_stays_fixed() {
     exec(&mut internal, "ROLLBACK");
     exec(&mut wk, "BEGIN; SELECT 1; COMMIT; BEGIN; SELECT 1; COMMIT");
     exec(&mut victim, "COMMIT");
+
+    // Citus writes ANALYZE's column names unquoted, and sends the command
+    // even for a role PostgreSQL skips as not the owner: refused.
+    let r = app.simple_query("ANALYZE docs (\"x) ; SELECT 1/0 ; --\")");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42601"), "{}", full_error(&r));
+    let r = app.simple_query("VACUUM (ANALYZE) docs (\"x) ; SELECT 1/0 ; --\")");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42601"), "{}", full_error(&r));
+
+    // A transaction that carried a context stays its session's on the
+    // coordinator until the last token carried for it expires: naming its
+    // id right after it ended gets nothing run (Citus would have sent that
+    // id, and a copy of the token, to a worker it had not used).
+    let mut ended = signed_in(w, &w.org_b, OWNER_B);
+    assert_eq!(count(&mut ended, "SELECT count(*) FROM docs"), 20);
+    let id = rows(
+        &mut ended,
+        "SELECT initiator_node_identifier, transaction_number, transaction_stamp FROM get_current_transaction_id()",
+    );
+    exec(&mut ended, "COMMIT");
+    let (init, num, stamp) = (id[0][0].clone().unwrap(), id[0][1].clone().unwrap(), id[0][2].clone().unwrap());
+    exec(&mut app, &format!("BEGIN; SELECT assign_distributed_transaction_id({init}, {num}, '{stamp}')"));
+    let r = app.simple_query("SELECT count(*) FROM categories");
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
+    exec(&mut app, "ROLLBACK");
 
     // Citus writes the result id of broadcast_intermediate_result()
     // unescaped into the COPY it sends every worker: a quote in it ran the

@@ -226,8 +226,11 @@ pub fn owned_elsewhere(slots: &[Slot], tx: Transaction, pid: i32, now_us: i64) -
         .any(|s| s.expires_us > now_us && s.nonce == key && s.by.pid != pid)
 }
 
-/// Drop the records of `by` (its transaction ended).
-pub fn release_owner(slots: &mut [Slot], tx: Transaction, by: Claimant) {
+/// Its transaction ended: `by`'s records of `tx` last until `until` at
+/// most (when a token carried for it expires; now, when none was), so
+/// that no session can name the ended transaction's id while a copy of
+/// its token could still be claimed.
+pub fn release_owner(slots: &mut [Slot], tx: Transaction, by: Claimant, until: i64) {
     if tx.number == 0 || slots.is_empty() {
         return;
     }
@@ -237,7 +240,7 @@ pub fn release_owner(slots: &mut [Slot], tx: Transaction, by: Claimant) {
     for i in 0..PROBE.min(n) {
         let s = &mut slots[(start + i) % n];
         if s.nonce == key && s.by == by {
-            *s = Slot::default();
+            s.expires_us = s.expires_us.min(until);
         }
     }
 }
@@ -324,8 +327,14 @@ mod tests {
         assert!(!owned_elsewhere(&slots, Transaction { number: 43, ..TX }, b.pid, 10));
         assert!(owned_elsewhere(&slots, Transaction { stamp: 1, ..TX }, b.pid, 10), "any timestamp: the same results");
         assert!(!owned_elsewhere(&slots, TX, b.pid, 2_000), "expired");
-        release_owner(&mut slots, TX, a);
-        assert!(!owned_elsewhere(&slots, TX, b.pid, 10), "released when a's transaction ended");
+        release_owner(&mut slots, TX, a, 500);
+        assert!(owned_elsewhere(&slots, TX, b.pid, 10), "kept while a token of it may be claimed");
+        assert!(!owned_elsewhere(&slots, TX, b.pid, 500), "released once it expired");
+        release_owner(&mut slots, TX, a, 5_000);
+        assert!(!owned_elsewhere(&slots, TX, b.pid, 600), "a release never extends a record");
+        assert_eq!(record_owner(&mut slots, TX, a, 1_000, 0), Verdict::Accepted);
+        release_owner(&mut slots, TX, a, 0);
+        assert!(!owned_elsewhere(&slots, TX, b.pid, 1), "released at once when no token was carried");
         // No transaction, nothing recorded; a nonce never reads as an owner.
         assert_eq!(record_owner(&mut slots, Transaction::default(), a, 1_000, 0), Verdict::OtherTransaction);
         assert_eq!(claim(&mut slots, &carried(3), 1, a, TX, 0), Verdict::Accepted);

@@ -129,10 +129,18 @@ fn own(tx: Transaction) {
 /// an org evaluated from its context.
 pub fn transaction_ended() {
     if let Some((tx, by)) = OWNED.with(|o| o.take()) {
+        // Kept until the last token carried for it expires: a session that
+        // names the ended transaction's id must not find it free while a
+        // copy of that token could still be claimed on a worker.
+        let now = crate::pg::clock::now_us();
+        let until = SENT
+            .with(Cell::get)
+            .filter(|(lxid, _)| *lxid == by.lxid)
+            .map_or(now, |(_, at)| at + carried_context::LIFETIME_US);
         let _g = LOCK.exclusive();
         // SAFETY: as in judge().
         let slots = unsafe { std::slice::from_raw_parts_mut(TABLE.ptr().cast::<Slot>(), CLAIMS) };
-        carried_context::release_owner(slots, tx, by);
+        carried_context::release_owner(slots, tx, by, until);
     }
     forget_injected_plans();
 }
@@ -195,8 +203,17 @@ pub unsafe extern "C-unwind" fn check_carried(
     let ok = !stored
         && std::str::from_utf8(value).ok().is_some_and(|t| {
             keyring::try_current().is_some_and(|k| {
-                carried_context::decode(t, k.subkey(Purpose::Carried))
-                    .is_ok_and(|c| c.origin != citus::system_identifier() || CARRYING.with(Cell::get))
+                carried_context::decode(t, k.subkey(Purpose::Carried)).is_ok_and(|c| {
+                    if c.origin == citus::system_identifier() {
+                        CARRYING.with(Cell::get)
+                    } else {
+                        // Elsewhere, only from a query of its own, as Citus
+                        // sets it: not set_config(), a function's SET clause
+                        // or startup options, which SQL that reached the
+                        // node inside another command could use.
+                        set_by_a_query_of_its_own()
+                    }
+                })
             })
         });
     if !ok {
@@ -209,6 +226,32 @@ pub unsafe extern "C-unwind" fn check_carried(
         }
     }
     ok
+}
+
+/// Whether the carried context is being set by a query string that is a
+/// SET alone, or Citus's first command of a transaction (`BEGIN; SET ...;
+/// SELECT assign_distributed_transaction_id(...)`), or in a parallel worker
+/// restoring its leader's settings.
+fn set_by_a_query_of_its_own() -> bool {
+    // SAFETY: plain reads of PostgreSQL globals.
+    let (parallel, query) = unsafe { (pg_sys::ParallelWorkerNumber >= 0, pg_sys::debug_query_string) };
+    if parallel {
+        return true;
+    }
+    if query.is_null() {
+        return false;
+    }
+    // SAFETY: the query string being run, NUL-terminated, parsed already.
+    unsafe {
+        citus_shaped(query, false) || {
+            let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
+                query,
+                pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
+            ));
+            stmts.len() == 1
+                && stmts.get_ptr(0).is_some_and(|r| (*(*r).stmt).type_ == pg_sys::NodeTag::T_VariableSetStmt)
+        }
+    }
 }
 
 /// Its assign hook: remember a carried token for this session's
@@ -620,6 +663,9 @@ unsafe extern "C-unwind" fn process_utility(
             if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CopyStmt && !pg_sys::superuser() {
                 refuse_unsafe_copy_options(node.cast());
             }
+            if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_VacuumStmt && !pg_sys::superuser() {
+                refuse_unsafe_vacuum_columns(node.cast());
+            }
             if !node.is_null()
                 && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt
                 && context != pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
@@ -735,6 +781,34 @@ unsafe fn refuse_unsafe_copy_options(copy: *mut pg_sys::CopyStmt) {
                     Some("Citus writes COPY option names unquoted into the commands it sends the workers."),
                     Some("Use COPY's own options: format, header, delimiter, null, quote, escape, encoding, force_quote, force_not_null, force_null, freeze."),
                 );
+            }
+        }
+    }
+}
+
+/// Citus writes the column names of `ANALYZE`/`VACUUM (ANALYZE)` unquoted
+/// into the command it sends each shard, and sends it even for a role
+/// PostgreSQL skips as not the owner: `ANALYZE docs ("x); SELECT ...")`
+/// ran SQL on every worker. So a column name there must be one plain word
+/// (42601 otherwise).
+///
+/// # Safety
+/// `vacuum` is the VacuumStmt being executed.
+unsafe fn refuse_unsafe_vacuum_columns(vacuum: *mut pg_sys::VacuumStmt) {
+    // SAFETY: the statement's relation list and their column name lists
+    // (String nodes), as the parser made them.
+    unsafe {
+        for rel in pgrx::PgList::<pg_sys::VacuumRelation>::from_pg((*vacuum).rels).iter_ptr() {
+            for col in pgrx::PgList::<pg_sys::String>::from_pg((*rel).va_cols).iter_ptr() {
+                let name = (*col).sval;
+                if name.is_null() || !plain_word(CStr::from_ptr(name).to_bytes()) {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                        "a column name of ANALYZE or VACUUM on a Citus node must be one plain lowercase word",
+                        Some("Citus writes these column names unquoted into the commands it sends the workers."),
+                        Some("Analyze the whole table, or ask a superuser."),
+                    );
+                }
             }
         }
     }
