@@ -769,6 +769,13 @@ fn what_the_later_citus_reviews_found_stays_fixed() {
     assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
     assert!(full_error(&r).contains("standard_conforming_strings"), "{}", full_error(&r));
     exec(&mut app, "ROLLBACK");
+    // Nor as the role's default (Citus would copy it to every node, and
+    // every statement of the role, the ALTER ROLE undoing it included,
+    // would be refused there).
+    let r = app.simple_query("ALTER ROLE app SET standard_conforming_strings = off");
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
+    let r = app.simple_query("ALTER ROLE app IN DATABASE postgres SET standard_conforming_strings TO DEFAULT");
+    assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));
     exec(&mut app, "SET standard_conforming_strings = off");
     let r = app.simple_query("SELECT count(*) FROM categories");
     assert_eq!(sqlstate(&r).as_deref(), Some("0A000"), "{}", full_error(&r));

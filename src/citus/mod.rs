@@ -666,6 +666,29 @@ unsafe extern "C-unwind" fn process_utility(
             if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_VacuumStmt && !pg_sys::superuser() {
                 refuse_unsafe_vacuum_columns(node.cast());
             }
+            if !node.is_null() && !pg_sys::superuser() {
+                let set = match (*node).type_ {
+                    pg_sys::NodeTag::T_AlterRoleSetStmt => (*node.cast::<pg_sys::AlterRoleSetStmt>()).setstmt,
+                    pg_sys::NodeTag::T_AlterDatabaseSetStmt => (*node.cast::<pg_sys::AlterDatabaseSetStmt>()).setstmt,
+                    _ => std::ptr::null_mut(),
+                };
+                if !set.is_null()
+                    && !(*set).name.is_null()
+                    && CStr::from_ptr((*set).name).to_bytes().eq_ignore_ascii_case(b"standard_conforming_strings")
+                {
+                    // A role's default reaches every node (Citus copies it),
+                    // and with it off every statement of that role is refused
+                    // there, the ALTER ROLE that would undo it included.
+                    raise(
+                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        "standard_conforming_strings cannot be given a role or database default on a Citus node",
+                        Some(
+                            "It must stay on; with it off, every statement of the role would be refused on every node.",
+                        ),
+                        Some("Ask a superuser."),
+                    );
+                }
+            }
             if !node.is_null()
                 && (*node).type_ == pg_sys::NodeTag::T_VariableSetStmt
                 && context != pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
