@@ -692,6 +692,20 @@ fn what_the_later_citus_reviews_found_stays_fixed() {
     let r = app.simple_query("SELECT * FROM create_intermediate_result('r1', 'SELECT 1')");
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"), "{}", full_error(&r));
     exec(&mut app, "ROLLBACK");
+    // A parallel plan on a worker: its parallel workers take the carried
+    // context their leader claimed (they failed to restore it, 22023).
+    begin_as(&mut app, &w.org_a, MEMBER_A);
+    for set in [
+        "SET LOCAL force_parallel_mode = on",
+        "SET LOCAL parallel_setup_cost = 0",
+        "SET LOCAL parallel_tuple_cost = 0",
+        "SET LOCAL min_parallel_table_scan_size = 0",
+    ] {
+        exec(&mut app, set);
+    }
+    assert_eq!(count(&mut app, "SELECT count(*) FROM docs"), 30);
+    assert_eq!(count(&mut app, "SELECT count(*) FROM notes"), 5);
+    exec(&mut app, "ROLLBACK");
     // What Citus itself sends its connections still runs: EXPLAIN ANALYZE
     // (two statements per task), savepoints replayed on a new connection.
     begin_as(&mut app, &w.org_a, MEMBER_A);

@@ -132,6 +132,8 @@ pub enum Verdict {
     /// Presented in a transaction whose distributed id was not given by
     /// Citus's own first command of the transaction on this node.
     NotBegunByCitus,
+    /// In a parallel worker: its leader holds no claim of it.
+    NotClaimedByLeader,
 }
 
 /// Slots a nonce may use: a window of the table starting at a position the
@@ -153,6 +155,19 @@ pub fn claim(slots: &mut [Slot], c: &Carried, me: u64, by: Claimant, tx: Transac
         return Verdict::Expired;
     }
     take(slots, c.nonce, c.expires_us, by, now_us)
+}
+
+/// Whether `c` is claimed on this node by `by` and unexpired. A parallel
+/// worker asks this for its leader: it never claims a token itself.
+pub fn claimed_by(slots: &[Slot], c: &Carried, by: Claimant, now_us: i64) -> bool {
+    let n = slots.len();
+    if n == 0 || now_us >= c.expires_us {
+        return false;
+    }
+    let start = (u64::from_le_bytes(c.nonce[..8].try_into().expect("8 bytes")) % n as u64) as usize;
+    (0..PROBE.min(n))
+        .map(|i| &slots[(start + i) % n])
+        .any(|s| s.expires_us > now_us && s.nonce == c.nonce && s.by == by)
 }
 
 /// Record `key` for `by` until `until` in its window of `slots`: Accepted
@@ -339,6 +354,20 @@ mod tests {
         assert_eq!(record_owner(&mut slots, Transaction::default(), a, 1_000, 0), Verdict::OtherTransaction);
         assert_eq!(claim(&mut slots, &carried(3), 1, a, TX, 0), Verdict::Accepted);
         assert!(!owned_elsewhere(&slots, TX, b.pid, 10));
+    }
+
+    #[test]
+    fn a_parallel_worker_sees_only_its_leaders_claim() {
+        let mut slots = vec![Slot::default(); 128];
+        let leader = Claimant { pid: 10, lxid: 5 };
+        let other = Claimant { pid: 11, lxid: 5 };
+        let c = carried(7);
+        assert!(!claimed_by(&slots, &c, leader, 0), "nothing claimed yet");
+        assert_eq!(claim(&mut slots, &c, 1, leader, TX, 0), Verdict::Accepted);
+        assert!(claimed_by(&slots, &c, leader, 10));
+        assert!(!claimed_by(&slots, &c, other, 10), "another session's claim is not the leader's");
+        assert!(!claimed_by(&slots, &c, leader, c.expires_us), "expired");
+        assert!(!claimed_by(&slots, &carried(8), leader, 10), "another token");
     }
 
     #[test]

@@ -155,7 +155,8 @@ fn joined_elsewhere() -> bool {
     let _g = LOCK.share();
     // SAFETY: as in judge(), read under the shared lock.
     let slots = unsafe { std::slice::from_raw_parts(TABLE.ptr().cast::<Slot>(), CLAIMS) };
-    carried_context::owned_elsewhere(slots, tx, crate::pg::pid(), crate::pg::clock::now_us())
+    // A parallel worker is its leader's: the leader's pid.
+    carried_context::owned_elsewhere(slots, tx, crate::context::current_binding().pid, crate::pg::clock::now_us())
 }
 
 // ---------------------------------------------------------------- on a worker
@@ -166,8 +167,19 @@ fn joined_elsewhere() -> bool {
 /// claimed it) or refused (why).
 enum Held {
     Pending(Carried, crate::context_token::Binding),
+    /// In a parallel worker: the leader's value, as restored with its
+    /// settings (read at first use, once the keys are restored too).
+    Inherited(String),
     Accepted(Claims),
     Refused(Verdict, crate::context_token::Binding),
+}
+
+/// Whether this process is a parallel worker (its settings are restored
+/// from its leader's, which were checked there).
+fn parallel_worker() -> bool {
+    // SAFETY: plain reads of PostgreSQL globals, set before a parallel
+    // worker restores its leader's settings.
+    unsafe { pg_sys::InitializingParallelWorker || pg_sys::ParallelWorkerNumber >= 0 }
 }
 
 thread_local! {
@@ -193,7 +205,7 @@ pub unsafe extern "C-unwind" fn check_carried(
 ) -> bool {
     // SAFETY: PostgreSQL hands a valid (possibly NULL) string pointer.
     let value = unsafe { (*newval).as_ref().map(|p| CStr::from_ptr(p).to_bytes()) }.unwrap_or(b"");
-    if value.is_empty() {
+    if value.is_empty() || parallel_worker() {
         return true;
     }
     use pg_sys::GucSource::*;
@@ -265,6 +277,11 @@ pub unsafe extern "C-unwind" fn assign_carried(newval: *const c_char, _extra: *m
         .then(|| std::str::from_utf8(value).ok())
         .flatten()
         .and_then(|t| keyring::try_current().and_then(|k| carried_context::decode(t, k.subkey(Purpose::Carried)).ok()));
+    if parallel_worker() {
+        let held = (!value.is_empty()).then(|| Held::Inherited(String::from_utf8_lossy(value).into_owned()));
+        HELD.with(|h| *h.borrow_mut() = held);
+        return;
+    }
     let held = match c {
         // The node that made it keeps its own request context.
         Some(c) if c.origin != citus::system_identifier() => {
@@ -276,33 +293,70 @@ pub unsafe extern "C-unwind" fn assign_carried(newval: *const c_char, _extra: *m
     HELD.with(|h| *h.borrow_mut() = held);
 }
 
+/// Judge a carried context this session holds and has not used yet: in
+/// a parallel worker, the leader's claim of it; otherwise a claim of it
+/// now, in a transaction Citus began. Never raises.
+fn settle(binding: crate::context_token::Binding) {
+    let by = Claimant { pid: binding.pid, lxid: binding.lxid };
+    let inherited = HELD.with(|h| match &*h.borrow() {
+        Some(Held::Inherited(t)) => Some(t.clone()),
+        _ => None,
+    });
+    let (c, verdict) = if let Some(t) = inherited {
+        let Some(c) = keyring::try_current().and_then(|k| carried_context::decode(&t, k.subkey(Purpose::Carried)).ok())
+        else {
+            HELD.with(|h| *h.borrow_mut() = Some(Held::Refused(Verdict::OtherTransaction, binding)));
+            return;
+        };
+        let claimed = {
+            let _g = LOCK.share();
+            // SAFETY: as in judge(), read under the shared lock.
+            let slots = unsafe { std::slice::from_raw_parts(TABLE.ptr().cast::<Slot>(), CLAIMS) };
+            carried_context::claimed_by(slots, &c, by, crate::pg::clock::now_us())
+        };
+        (c, if claimed { Verdict::Accepted } else { Verdict::NotClaimedByLeader })
+    } else {
+        let pending = HELD.with(|h| match &*h.borrow() {
+            Some(Held::Pending(c, b)) if *b == binding => Some(c.clone()),
+            _ => None,
+        });
+        let Some(c) = pending else { return };
+        let begun_by_citus = BEGUN_BY_CITUS.with(Cell::get) == Some(binding.lxid);
+        let verdict = if begun_by_citus { judge(&c, by) } else { Verdict::NotBegunByCitus };
+        (c, verdict)
+    };
+    let held = match verdict {
+        Verdict::Accepted => Held::Accepted(Claims {
+            org_id: c.org_id,
+            user_id: c.user_id,
+            role: c.role,
+            api_key_id: c.api_key_id,
+            scopes: c.scopes,
+            binding,
+        }),
+        v => Held::Refused(v, binding),
+    };
+    HELD.with(|h| *h.borrow_mut() = Some(held));
+}
+
+/// Before a statement runs here (not in a parallel worker): a carried
+/// context held and not used yet is judged now, once the transaction has
+/// its distributed id, so that the claim exists before any parallel worker
+/// of the statement looks for its leader's.
+pub fn settle_before_statement() {
+    let pending = HELD.with(|h| matches!(&*h.borrow(), Some(Held::Pending(..))));
+    if pending && citus::loaded() && !parallel_worker() && current_transaction().number != 0 {
+        settle(crate::context::current_binding());
+    }
+}
+
 /// The carried context's claims, when this session holds one for its
 /// current transaction (no request context of its own having been set).
 /// Its first use judges it: in the distributed transaction it was made for,
 /// first on this node, not expired. Raises 42501 when it was refused.
 pub fn with_carried<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
     let binding = crate::context::current_binding();
-    let pending = HELD.with(|h| match &*h.borrow() {
-        Some(Held::Pending(c, b)) if *b == binding => Some(c.clone()),
-        _ => None,
-    });
-    if let Some(c) = pending {
-        let by = Claimant { pid: binding.pid, lxid: binding.lxid };
-        let begun_by_citus = BEGUN_BY_CITUS.with(Cell::get) == Some(binding.lxid);
-        let verdict = if begun_by_citus { judge(&c, by) } else { Verdict::NotBegunByCitus };
-        let held = match verdict {
-            Verdict::Accepted => Held::Accepted(Claims {
-                org_id: c.org_id,
-                user_id: c.user_id,
-                role: c.role,
-                api_key_id: c.api_key_id,
-                scopes: c.scopes,
-                binding,
-            }),
-            v => Held::Refused(v, binding),
-        };
-        HELD.with(|h| *h.borrow_mut() = Some(held));
-    }
+    settle(binding);
     HELD.with(|h| match &*h.borrow() {
         Some(Held::Accepted(c)) if c.binding == binding => Some(f(c)),
         Some(Held::Refused(v, b)) if *b == binding => raise(
@@ -317,6 +371,7 @@ pub fn with_carried<R>(f: impl FnOnce(&Claims) -> R) -> Option<R> {
                 Verdict::NotBegunByCitus => {
                     "This session's distributed transaction was not begun by Citus's own first command here."
                 }
+                Verdict::NotClaimedByLeader => "This parallel worker's leader holds no claim of it.",
                 _ => "This node's table of carried contexts is full.",
             }),
             Some("A carried context is valid only in the distributed transaction it was made for."),

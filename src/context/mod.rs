@@ -194,6 +194,8 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     crate::citus::refuse_if_joined();
     // ... nor, unless a superuser, with standard_conforming_strings off.
     crate::citus::refuse_nonstandard_strings();
+    // A carried context is claimed before any parallel worker looks for it.
+    crate::citus::settle_before_statement();
     refresh();
     match PREV_EXECUTOR_START.get().copied().flatten() {
         Some(prev) => {
