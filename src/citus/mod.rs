@@ -235,6 +235,14 @@ pub unsafe extern "C-unwind" fn check_carried(
             pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
                 c"tenant_guard.carried_context takes only a context carried by tenant_guard itself".as_ptr(),
             );
+            if citus_connection() {
+                // Citus opened a connection to the node that made the context
+                // (after an EXPLAIN, or for a data-modifying WITH with a
+                // reference table), where it cannot be taken.
+                pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
+                    c"Citus opened a connection to this node itself in a transaction with a request context, which it cannot carry there: run EXPLAIN in a transaction of its own (see tenant_guard's docs/citus.md, Limits).".as_ptr(),
+                );
+            }
         }
     }
     ok
