@@ -117,11 +117,32 @@ fn own(tx: Transaction) {
     let b = crate::context::current_binding();
     let by = Claimant { pid: b.pid, lxid: b.lxid };
     let now = crate::pg::clock::now_us();
-    let _g = LOCK.exclusive();
-    // SAFETY: as in judge(): the table, under its lock.
-    let slots = unsafe { std::slice::from_raw_parts_mut(TABLE.ptr().cast::<Slot>(), CLAIMS) };
-    if carried_context::record_owner(slots, tx, by, now + OWNED_US, now) == Verdict::Accepted {
-        OWNED.with(|o| o.set(Some((tx, by))));
+    let verdict = {
+        let _g = LOCK.exclusive();
+        // SAFETY: as in judge(): the table, under its lock.
+        let slots = unsafe { std::slice::from_raw_parts_mut(TABLE.ptr().cast::<Slot>(), CLAIMS) };
+        carried_context::record_owner(slots, tx, by, now + OWNED_US, now)
+    };
+    match verdict {
+        Verdict::Accepted => OWNED.with(|o| o.set(Some((tx, by)))),
+        // Fail closed: a context carried for a transaction this node cannot
+        // record as this session's could be joined by another session.
+        Verdict::Full => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+            "this node's table of distributed transactions is full: the request context cannot be carried now",
+            None,
+            Some("Retry; records last at most as long as a carried context (10 s)."),
+        ),
+        Verdict::ClaimedElsewhere => raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "this distributed transaction belongs to another session on this node",
+            None,
+            None,
+        ),
+        // No distributed transaction id (Citus loaded, its extension not
+        // created in this database): nothing to record, and nothing a
+        // worker would accept.
+        _ => {}
     }
 }
 
