@@ -284,14 +284,8 @@ fn set_by_a_query_of_its_own() -> bool {
     }
     // SAFETY: the query string being run, NUL-terminated, parsed already.
     unsafe {
-        citus_shaped(query, false) || {
-            let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
-                query,
-                pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
-            ));
-            stmts.len() == 1
-                && stmts.get_ptr(0).is_some_and(|r| (*(*r).stmt).type_ == pg_sys::NodeTag::T_VariableSetStmt)
-        }
+        citus_shaped(query, false)
+            || matches!(statements(query)[..], [n] if (*n).type_ == pg_sys::NodeTag::T_VariableSetStmt)
     }
 }
 
@@ -1001,16 +995,9 @@ unsafe fn citus_shaped(query: *const c_char, assign_required: bool) -> bool {
                 })
         }
     }
-    // SAFETY: the raw parse of a query string PostgreSQL has already parsed
-    // once (no new error); the nodes are read as the parser made them.
+    // SAFETY: the nodes of a raw parse, read as the parser made them.
     unsafe {
-        let stmts: Vec<*mut pg_sys::Node> = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
-            query,
-            pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
-        ))
-        .iter_ptr()
-        .map(|raw| (*raw).stmt)
-        .collect();
+        let stmts = statements(query);
         let Some((first, rest)) = stmts.split_first() else { return false };
         let begins = matches!(
             transaction_kind(*first),
@@ -1029,6 +1016,21 @@ unsafe fn citus_shaped(query: *const c_char, assign_required: bool) -> bool {
     }
 }
 
+/// The statements of a query string, raw-parsed (the one home of that parse).
+///
+/// # Safety
+/// `query` is a NUL-terminated query string PostgreSQL has parsed already,
+/// so parsing it again raises no new error.
+unsafe fn statements(query: *const c_char) -> Vec<*mut pg_sys::Node> {
+    // SAFETY: as the caller promises; the list and its RawStmts are the parser's.
+    unsafe {
+        pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(query, pg_sys::RawParseMode::RAW_PARSE_DEFAULT))
+            .iter_ptr()
+            .map(|raw| (*raw).stmt)
+            .collect()
+    }
+}
+
 /// Whether `text` ends inside a line comment, which would swallow what
 /// Citus appends to it (`;` and the next command): read as Citus makes it,
 /// with a statement appended, it holds no more statements than before.
@@ -1037,13 +1039,7 @@ unsafe fn swallows_what_follows(text: &[u8]) -> bool {
         let Ok(c) = std::ffi::CString::new(t) else { return 0 };
         // SAFETY: a NUL-terminated copy of a query string PostgreSQL has
         // parsed already (appending a statement to it adds no error).
-        unsafe {
-            pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
-                c.as_ptr(),
-                pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
-            ))
-            .len()
-        }
+        unsafe { statements(c.as_ptr()) }.len()
     };
     let mut appended = text.to_vec();
     appended.extend_from_slice(b";SELECT 1");
